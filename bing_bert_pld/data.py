@@ -1,0 +1,397 @@
+"""Training-side reader of sharded HDF5 pretraining data (NVIDIA's layout, see schema.py).
+
+Design choices:
+- `validate_shard_set` runs before training and turns every bad input into one
+  `DataError` naming the file and the value, instead of a shape error, or an
+  out-of-range index on the device, hours into a run.
+- The order of an epoch is a pure function of (seed, epoch): a seeded permutation of
+  the shards, then a seeded permutation of the rows inside each shard. The rows, in
+  that order, are cut into micro-batches and rank r of W takes global batches
+  r, r + W, r + 2W, ... Every rank gets the same number of batches, so a collective
+  never waits for a rank that ran out of data.
+- Because the order is pure, a resume position is just (epoch, batches handed to the
+  caller): the loader jumps there without replaying the epoch.
+- One background thread reads ahead into a bounded queue; h5py objects live only on
+  that thread. It is a daemon and is stopped at close(), at garbage collection and at
+  interpreter exit, so it never keeps a process alive.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import queue
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+from .batch import PretrainingBatch
+from .schema import FIELD_NAMES, FIELDS, MANIFEST_NAME, SHARD_SUFFIX, expected_shape
+
+# PretrainingBatch lives in batch.py (the model needs it without h5py); re-exported here
+# because the loader is what yields it.
+__all__ = ["DataError", "PretrainingBatch", "PretrainingDataLoader", "ShardSetInfo", "validate_shard_set"]
+
+
+class DataError(ValueError):
+    """A shard set that training must not start on."""
+
+
+@dataclass(frozen=True)
+class ShardSetInfo:
+    """A validated shard set: the files, in a fixed order, and the rows of each."""
+
+    files: tuple[Path, ...]
+    rows: tuple[int, ...]
+    seq_len: int
+    max_pred: int
+    vocab_size: int
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows)
+
+
+# ---------------------------------------------------------------- validation
+
+# Bytes per read when scanning values, so a multi-GB shard costs little memory.
+_SCAN_BYTES = 16 << 20
+
+
+def validate_shard_set(path_or_glob: str | os.PathLike, seq_len: int, max_pred: int,
+                       vocab_size: int, *, check_values: bool = True) -> ShardSetInfo:
+    """Check a directory (or glob, or single file) of shards against the configuration.
+
+    Raises DataError on the first problem. The structure of every file is checked before
+    any value scan, so a broken last file is reported at once. `check_values=False`
+    skips the scan (it reads all ids once), e.g. on ranks other than 0.
+    """
+    files = _find_shards(path_or_glob)
+    config = {"seq_len": seq_len, "max_pred": max_pred, "vocab_size": vocab_size}
+    manifests = {d: _load_manifest(d, config) for d in sorted({f.parent for f in files})}
+    rows = tuple(_check_structure(f, seq_len, max_pred) for f in files)
+    for f, n in zip(files, rows):
+        _check_listed_rows(f, n, manifests[f.parent])
+    if check_values:
+        # Token ids index the embedding, positions index the sequence, labels the NSP
+        # classes: an out-of-range value would fail on the device, far from its cause.
+        bounds = {"input_ids": (vocab_size, "vocab_size"), "masked_lm_ids": (vocab_size, "vocab_size"),
+                  "masked_lm_positions": (seq_len, "seq_len"), "next_sentence_labels": (2, "NSP classes")}
+        for f in files:
+            for key, (high, what) in bounds.items():
+                _check_values(f, key, high, what)
+    return ShardSetInfo(files, rows, seq_len, max_pred, vocab_size)
+
+
+def _find_shards(path_or_glob: str | os.PathLike) -> tuple[Path, ...]:
+    text = os.fspath(path_or_glob)
+    if any(c in text for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text))
+    elif os.path.isdir(text):
+        files = sorted(Path(text).glob("*" + SHARD_SUFFIX))
+    elif os.path.isfile(text):
+        files = [Path(text)]
+    else:
+        raise DataError(f"shard directory {text} does not exist")
+    if not files:
+        raise DataError(f"no *{SHARD_SUFFIX} shards found at {text}")
+    return tuple(files)
+
+
+def _load_manifest(directory: Path, config: dict[str, int]) -> tuple[Path, dict] | None:
+    """The manifest of a shard directory, checked against the configuration."""
+    # data_prep writes <out>/manifest.json beside <out>/train/; NVIDIA sets have none.
+    path = next((p for p in (directory / MANIFEST_NAME, directory.parent / MANIFEST_NAME)
+                 if p.is_file()), None)
+    if path is None:
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest: {exc}") from exc
+    for key, wanted in config.items():
+        if manifest.get(key) != wanted:
+            raise DataError(f"{path}: manifest key '{key}' is {manifest.get(key)!r} "
+                            f"but the configuration has {key}={wanted}")
+    return path, manifest
+
+
+def _check_listed_rows(shard: Path, rows: int, found: tuple[Path, dict] | None) -> None:
+    # Only a manifest in the parent tells which split the directory is (<out>/train);
+    # its row counts catch a truncated or mixed-up copy.
+    if found is None or found[0].parent != shard.parent.parent:
+        return
+    path, manifest = found
+    split = manifest.get("splits", {}).get(shard.parent.name, {})
+    listed = {s["name"]: s["rows"] for s in split.get("shards", [])}
+    if shard.name in listed and listed[shard.name] != rows:
+        raise DataError(f"{shard}: has {rows} rows but {path} lists {listed[shard.name]}")
+
+
+def _check_structure(path: Path, seq_len: int, max_pred: int) -> int:
+    """Keys, dtypes and shapes of one shard; returns its row count."""
+    try:
+        shard = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable HDF5 file: {exc}") from exc
+    with shard:
+        missing = [name for name in FIELD_NAMES if not isinstance(shard.get(name), h5py.Dataset)]
+        if missing:
+            raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
+        rows = shard["input_ids"].shape[0] if shard["input_ids"].ndim else 0
+        for field in FIELDS:
+            ds = shard[field.name]
+            if ds.dtype != field.dtype:
+                raise DataError(f"{path}: {field.name} has dtype {ds.dtype}, expected {field.dtype}")
+            if ds.ndim == 0 or ds.shape[0] != rows:
+                raise DataError(f"{path}: {field.name} has {ds.shape[0] if ds.ndim else 0} rows "
+                                f"but input_ids has {rows}")
+            want = expected_shape(field, rows, seq_len, max_pred)
+            if ds.shape != want:
+                setting = {"seq": f"seq_len={seq_len}", "pred": f"max_pred={max_pred}",
+                           "scalar": "one label per row"}[field.per_row]
+                raise DataError(f"{path}: {field.name} has shape {ds.shape}, expected {want} ({setting})")
+    return rows
+
+
+def _check_values(path: Path, key: str, high: int, what: str) -> None:
+    """Every value of `key` must be in [0, high); read in blocks of whole HDF5 chunks."""
+    with h5py.File(path, "r") as shard:
+        ds = shard[key]
+        row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+        step = max(1, _SCAN_BYTES // max(1, row_bytes))
+        if ds.chunks:  # whole compressed chunks, so none is decompressed twice
+            step = max(ds.chunks[0], step // ds.chunks[0] * ds.chunks[0])
+        for start in range(0, ds.shape[0], step):
+            block = ds[start:start + step]
+            if block.size and (block.min() < 0 or block.max() >= high):
+                bad = tuple(np.argwhere((block < 0) | (block >= high))[0])
+                raise DataError(f"{path}: {key} holds {block[bad]} at row {start + bad[0]}, "
+                                f"outside [0, {high}) ({what}={high})")
+
+
+# ---------------------------------------------------------------- epoch order
+
+@functools.lru_cache(maxsize=4)
+def _epoch_layout(seed: int, epoch: int, rows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Shard order of an epoch, and where each shard ends in the epoch's row sequence."""
+    # Fixed-length seed keys: numpy's SeedSequence ignores trailing zeros, so keys of
+    # different lengths could collide.
+    order = np.random.default_rng([seed, epoch, 0, 0]).permutation(len(rows))
+    ends = np.cumsum(np.asarray(rows, dtype=np.int64)[order])
+    return order, ends
+
+
+@functools.lru_cache(maxsize=8)
+def _row_order(seed: int, epoch: int, shard: int, rows: int) -> np.ndarray:
+    # One stream per (epoch, shard): a resume draws nothing for the shards it skips.
+    return np.random.default_rng([seed, epoch, 1, shard]).permutation(rows)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Which rows make batch `index` of `epoch` on this rank: pure, shared with the thread."""
+
+    rows: tuple[int, ...]
+    micro_batch_size: int
+    rank: int
+    world_size: int
+    seed: int
+    batches_per_epoch: int
+
+    def segments(self, epoch: int, index: int) -> list[tuple[int, np.ndarray]]:
+        """(shard, row indices in shuffled order) pieces; a batch may span shards."""
+        order, ends = _epoch_layout(self.seed, epoch, self.rows)
+        total = int(ends[-1])
+        pos = (index * self.world_size + self.rank) * self.micro_batch_size
+        remaining, pieces = self.micro_batch_size, []
+        while remaining:
+            at = pos % total  # wraps only when drop_last=False pads the last batches
+            k = int(np.searchsorted(ends, at, side="right"))  # skips empty shards
+            shard = int(order[k])
+            first = at - (int(ends[k]) - self.rows[shard])
+            take = min(remaining, int(ends[k]) - at)
+            pieces.append((shard, _row_order(self.seed, epoch, shard, self.rows[shard])[first:first + take]))
+            pos, remaining = pos + take, remaining - take
+        return pieces
+
+    def after(self, epoch: int, index: int) -> tuple[int, int]:
+        return (epoch, index + 1) if index + 1 < self.batches_per_epoch else (epoch + 1, 0)
+
+
+# ---------------------------------------------------------------- reading
+
+class _OpenShards:
+    """h5py files of the prefetch thread. Only the shards of the current batch stay
+    open, so a set of thousands of shards never exhausts file handles."""
+
+    def __init__(self, files: tuple[Path, ...]):
+        self._files = files
+        self._open: dict[int, h5py.File] = {}
+
+    def read(self, pieces: list[tuple[int, np.ndarray]]) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in FIELD_NAMES}
+        for shard, rows in pieces:
+            # h5py reads increasing, unique indices only: read sorted, then restore the
+            # shuffled order (duplicates appear when a tiny set is padded by wrapping).
+            unique, inverse = np.unique(rows, return_inverse=True)
+            handle = self._get(shard, keep={s for s, _ in pieces})
+            for name in FIELD_NAMES:
+                parts[name].append(handle[name][unique][inverse])
+        return {name: np.concatenate(p) for name, p in parts.items()}
+
+    def _get(self, shard: int, keep: set[int]) -> h5py.File:
+        if shard not in self._open:
+            for old in [s for s in self._open if s not in keep]:
+                self._open.pop(old).close()
+            self._open[shard] = h5py.File(self._files[shard], "r")
+        return self._open[shard]
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open.clear()
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    # A timed put, so a stop request reaches a producer blocked on a full queue.
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int],
+             q: queue.Queue, stop: threading.Event) -> None:
+    shards = _OpenShards(files)
+    epoch, index = start
+    try:
+        while not stop.is_set():
+            batch = PretrainingBatch.from_numpy(shards.read(schedule.segments(epoch, index)))
+            if not _put(q, (epoch, index, batch), stop):
+                return
+            epoch, index = schedule.after(epoch, index)
+    except BaseException as exc:  # handed to the consumer, which re-raises it
+        _put(q, exc, stop)
+    finally:
+        shards.close()
+
+
+def _stop_thread(stop: threading.Event, thread: threading.Thread) -> None:
+    stop.set()
+    if thread is not threading.current_thread():  # a GC pass may run on the thread itself
+        thread.join(timeout=10)
+
+
+class _Prefetcher:
+    """A producer thread from one start position; replaced, not rewound, on resume."""
+
+    def __init__(self, schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int], depth: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+        self.thread = threading.Thread(target=_produce, args=(schedule, files, start, self.queue, stop),
+                                       name="pretraining-prefetch", daemon=True)
+        self.thread.start()
+        # Runs at close(), when this object is collected, or at interpreter exit; it holds
+        # no reference to self, so a forgotten loader can still be collected.
+        self.stop = weakref.finalize(self, _stop_thread, stop, self.thread)
+
+    def get(self) -> Any:
+        while True:
+            try:
+                return self.queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise RuntimeError("the prefetch thread stopped without a batch or an error")
+
+
+class PretrainingDataLoader:
+    """Infinite, resumable, rank-disjoint iteration over a validated shard set.
+
+    With drop_last=True the rows past the last full round of `world_size` micro-batches
+    are skipped this epoch (a different set each epoch). With drop_last=False the epoch
+    is padded with rows from its start, so every row is seen and batches stay full.
+    """
+
+    def __init__(self, shard_set_info: ShardSetInfo, micro_batch_size: int, rank: int,
+                 world_size: int, seed: int, drop_last: bool = True, prefetch_batches: int = 4):
+        if micro_batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need micro_batch_size >= 1 and 0 <= rank < world_size, got "
+                             f"{micro_batch_size=}, {rank=}, {world_size=}")
+        if seed < 0 or prefetch_batches < 1:
+            raise ValueError(f"need seed >= 0 and prefetch_batches >= 1, got {seed=}, {prefetch_batches=}")
+        rows_per_round = micro_batch_size * world_size
+        total = shard_set_info.total_rows
+        per_epoch = total // rows_per_round if drop_last else -(-total // rows_per_round)
+        if per_epoch == 0:
+            raise DataError(f"{len(shard_set_info.files)} shards hold {total} rows, fewer than one "
+                            f"round of micro_batch_size * world_size = {rows_per_round}")
+        self.info = shard_set_info
+        self.seed = seed
+        self._schedule = _Schedule(shard_set_info.rows, micro_batch_size, rank, world_size, seed, per_epoch)
+        self._depth = prefetch_batches
+        self._epoch, self._consumed = 0, 0  # position of the next batch handed out
+        self._prefetcher: _Prefetcher | None = None
+        self._closed = False
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches per epoch on this rank, the same on every rank."""
+        return self._schedule.batches_per_epoch
+
+    def __iter__(self) -> PretrainingDataLoader:
+        return self
+
+    def __next__(self) -> PretrainingBatch:
+        if self._closed:
+            raise RuntimeError("PretrainingDataLoader is closed")
+        if self._prefetcher is None:
+            self._prefetcher = _Prefetcher(self._schedule, self.info.files,
+                                           (self._epoch, self._consumed), self._depth)
+        item = self._prefetcher.get()
+        if isinstance(item, BaseException):
+            # The thread has ended; the next call starts a new one at the same position.
+            self._stop_prefetch()
+            raise item
+        epoch, index, batch = item
+        self._epoch, self._consumed = self._schedule.after(epoch, index)
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Counts batches handed to the caller only: prefetched ones are read again."""
+        return {"epoch": self._epoch, "batches_consumed_in_epoch": self._consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has {self.seed}")
+        epoch, consumed = int(state["epoch"]), int(state["batches_consumed_in_epoch"])
+        if epoch < 0 or not 0 <= consumed <= self.batches_per_epoch:
+            raise ValueError(f"loader state {dict(state)} is outside an epoch of "
+                             f"{self.batches_per_epoch} batches")
+        self._stop_prefetch()
+        self._epoch, self._consumed = (epoch, consumed) if consumed < self.batches_per_epoch else (epoch + 1, 0)
+
+    def _stop_prefetch(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.stop()
+            self._prefetcher = None
+
+    def close(self) -> None:
+        self._stop_prefetch()
+        self._closed = True
+
+    def __enter__(self) -> PretrainingDataLoader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,235 @@
+"""Read a DeepSpeed JSON, take out the blocks that are ours, hand DeepSpeed the rest.
+
+DeepSpeed 0.19.8 removed Progressive Layer Dropping and rejects any config holding
+`progressive_layer_drop`. Configs written for the old DeepSpeed PLD keep working: this
+module reads that block into our schedule and removes it before DeepSpeed sees the dict.
+
+Ownership rule: the DeepSpeed JSON owns batch sizes, precision, optimizer, LR
+schedule, ZeRO and PLD; the model JSON owns the architecture; the command line owns
+the run (data, output, stopping, intervals). Values DeepSpeed owns are read back from
+the engine after initialization, never copied into the trainer's arguments.
+
+Two further blocks may be ours:
+- `scheduler` with type WarmupExpDecay or WarmupPolyDecay (bing_bert's schedules,
+  which DeepSpeed does not have): built as a client LR scheduler.
+- `optimizer` with type Lamb on a machine without CUDA (DeepSpeed's fused LAMB is
+  CUDA-only): built from the same params with pytorch_optimizer's LAMB and passed
+  as a client optimizer. On CUDA the block stays and DeepSpeed builds FusedLamb.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import ConfigError
+from .lr_schedules import SCHEDULES
+from .pld import PLDConfigError, PLDSchedule
+
+PLD_KEY = "progressive_layer_drop"
+PLD_KEYS = {"enabled", "theta", "gamma"}
+
+LAMB_PARAMS = {"lr", "betas", "eps", "weight_decay", "max_coeff", "min_coeff",
+               "bias_correction", "max_grad_norm"}
+ADAM_PARAMS = {"lr", "betas", "eps", "weight_decay", "adam_w_mode", "amsgrad", "torch_adam"}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer we build ourselves (client optimizer), from the JSON's params."""
+
+    kind: str  # "lamb" | "adamw" | "adam"
+    params: dict
+
+
+@dataclass(frozen=True)
+class LRScheduleSpec:
+    name: str
+    params: dict
+
+
+@dataclass
+class TrainingSetup:
+    source: str
+    deepspeed: dict  # exactly what deepspeed.initialize receives
+    pld: Optional[PLDSchedule]  # None: PLD off
+    lr_schedule: Optional[LRScheduleSpec] = None
+    client_optimizer: Optional[OptimizerSpec] = None
+    original: dict = field(default_factory=dict)  # the file as written, for the record
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.deepspeed.get("zero_optimization", {}).get("stage", 0))
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "deepspeed": self.deepspeed,
+            "pld": None if self.pld is None else {"theta": self.pld.theta_bar,
+                                                  "gamma": self.pld.gamma},
+            "lr_schedule": None if self.lr_schedule is None else vars(self.lr_schedule),
+            "client_optimizer": None if self.client_optimizer is None
+            else vars(self.client_optimizer),
+        }
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {path} does not exist")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    return values
+
+
+def load_training_setup(path: str | Path, cuda_available: bool) -> TrainingSetup:
+    return build_training_setup(read_json(path), str(path), cuda_available)
+
+
+def build_training_setup(values: dict, source: str, cuda_available: bool) -> TrainingSetup:
+    ds = copy.deepcopy(values)
+    pld = _take_pld_block(ds, source)
+    lr_schedule = _take_lr_schedule(ds, source)
+    client_optimizer = _take_client_optimizer(ds, source, cuda_available)
+    setup = TrainingSetup(source=source, deepspeed=ds, pld=pld, lr_schedule=lr_schedule,
+                          client_optimizer=client_optimizer, original=values)
+    _check_lamb_with_zero(values, setup)
+    if client_optimizer is not None and setup.zero_stage > 0:
+        # DeepSpeed only whitelists its own optimizers under ZeRO; ours is torch AdamW.
+        ds["zero_allow_untested_optimizer"] = True
+    return setup
+
+
+def _take_pld_block(ds: dict, source: str) -> Optional[PLDSchedule]:
+    block = ds.pop(PLD_KEY, None)
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise ConfigError(f"{source}: '{PLD_KEY}' must be an object like "
+                          '{"enabled": true, "theta": 0.5, "gamma": 0.001}')
+    unknown = sorted(set(block) - PLD_KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} in '{PLD_KEY}'; "
+                          f"expected {sorted(PLD_KEYS)}")
+    enabled = block.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{source}: '{PLD_KEY}.enabled' must be true or false, got {enabled!r}")
+    try:
+        schedule = PLDSchedule(theta_bar=block.get("theta", 0.5), gamma=block.get("gamma", 0.001))
+    except PLDConfigError as err:
+        raise ConfigError(f"{source}: '{PLD_KEY}': {err}") from None
+    return schedule if enabled else None
+
+
+def _take_lr_schedule(ds: dict, source: str) -> Optional[LRScheduleSpec]:
+    block = ds.get("scheduler")
+    if not isinstance(block, dict) or block.get("type") not in SCHEDULES:
+        return None  # absent, or one of DeepSpeed's own schedulers
+    del ds["scheduler"]
+    name = block["type"]
+    _, required, optional = SCHEDULES[name]
+    params = dict(block.get("params", {}))
+    missing = [key for key in required if key not in params]
+    unknown = sorted(set(params) - set(required) - set(optional))
+    if missing or unknown:
+        raise ConfigError(f"{source}: scheduler {name}: missing params {missing}, "
+                          f"unknown params {unknown}; expected {list(required)} and "
+                          f"optionally {sorted(optional)}")
+    return LRScheduleSpec(name=name, params={**optional, **params})
+
+
+def _take_client_optimizer(ds: dict, source: str, cuda_available: bool) -> Optional[OptimizerSpec]:
+    block = ds.get("optimizer")
+    if block is None:
+        return None
+    kind = str(block.get("type", "")).lower()
+    params = dict(block.get("params", {}))
+    allowed = {"lamb": LAMB_PARAMS, "adam": ADAM_PARAMS, "adamw": ADAM_PARAMS}.get(kind)
+    if allowed is None:
+        return None  # another DeepSpeed optimizer: DeepSpeed validates it
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(f"{source}: optimizer {block['type']}: unknown params {unknown}; "
+                          f"expected a subset of {sorted(allowed)}")
+    if "lr" not in params:
+        raise ConfigError(f"{source}: optimizer {block['type']} needs params.lr")
+    if cuda_available:
+        return None  # DeepSpeed's fused kernels (FusedLamb / FusedAdam)
+    del ds["optimizer"]
+    if kind == "adam" and not params.get("adam_w_mode", True):
+        return OptimizerSpec("adam", params)
+    return OptimizerSpec("lamb" if kind == "lamb" else "adamw", params)
+
+
+def _check_lamb_with_zero(values: dict, setup: TrainingSetup) -> None:
+    kind = str(values.get("optimizer", {}).get("type", "")).lower()
+    if kind == "lamb" and setup.zero_stage >= 1:
+        raise ConfigError(
+            f"{setup.source}: LAMB with zero_optimization.stage {setup.zero_stage} is refused: "
+            "ZeRO flattens each rank's parameters into one tensor, so LAMB would compute one "
+            "trust ratio for all layers instead of one per layer. Use stage 0 with LAMB, or "
+            "Adam/AdamW with ZeRO.")
+
+
+def resolve_batch_sizes(ds: dict, world_size: int, source: str = "<config>") -> dict[str, int]:
+    """DeepSpeed's rule: train_batch_size = micro_batch x grad_accum x world_size."""
+    train = ds.get("train_batch_size")
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    accum = ds.get("gradient_accumulation_steps")
+    for name, value in (("train_batch_size", train), ("train_micro_batch_size_per_gpu", micro),
+                        ("gradient_accumulation_steps", accum)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ConfigError(f"{source}: {name} must be a positive integer, got {value!r}")
+    if train is not None and micro is not None and accum is None:
+        accum, rest = divmod(train, micro * world_size)
+        if rest or accum == 0:
+            raise ConfigError(f"{source}: train_batch_size {train} is not divisible by "
+                              f"micro batch {micro} x world size {world_size}")
+    elif train is not None and accum is not None and micro is None:
+        micro, rest = divmod(train, accum * world_size)
+        if rest or micro == 0:
+            raise ConfigError(f"{source}: train_batch_size {train} is not divisible by "
+                              f"gradient_accumulation_steps {accum} x world size {world_size}")
+    elif train is None and micro is not None:
+        accum = accum or 1
+        train = micro * accum * world_size
+    elif train is not None and micro is None and accum is None:
+        accum = 1
+        micro, rest = divmod(train, world_size)
+        if rest:
+            raise ConfigError(f"{source}: train_batch_size {train} is not divisible by "
+                              f"world size {world_size}")
+    elif train is None:
+        raise ConfigError(f"{source}: set train_batch_size or train_micro_batch_size_per_gpu")
+    if train != micro * accum * world_size:
+        raise ConfigError(
+            f"{source}: train_batch_size {train} != train_micro_batch_size_per_gpu {micro} x "
+            f"gradient_accumulation_steps {accum} x world size {world_size}")
+    return {"train_batch_size": train, "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": accum, "world_size": world_size}
+
+
+def describe(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
+    """The effective settings, as the config-check command prints them."""
+    ds = setup.deepspeed
+    precision = "fp16" if ds.get("fp16", {}).get("enabled") else \
+        "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
+    optimizer = (f"{setup.client_optimizer.kind} (client, {setup.client_optimizer.params})"
+                 if setup.client_optimizer else f"{ds.get('optimizer', {}).get('type')} (DeepSpeed)")
+    return {
+        **resolve_batch_sizes(ds, world_size, setup.source),
+        "precision": precision,
+        "zero_stage": setup.zero_stage,
+        "optimizer": optimizer,
+        "lr_schedule": setup.lr_schedule.name if setup.lr_schedule
+        else ds.get("scheduler", {}).get("type"),
+        "gradient_clipping": ds.get("gradient_clipping"),
+        "pld": "off" if setup.pld is None else f"theta_bar={setup.pld.theta_bar} gamma={setup.pld.gamma}",
+    }

@@ -1,0 +1,84 @@
+"""Where training metrics go: one small interface, a null implementation, rank-0 gating.
+
+Only global rank 0 writes; every other rank gets the NullSink, so call sites never
+test the rank themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Mapping, Protocol
+
+LOG = logging.getLogger("bing_bert_pld")
+
+
+class MetricsSink(Protocol):
+    def scalars(self, step: int, values: Mapping[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class JsonLinesSink:
+    """metrics.jsonl: the same numbers as TensorBoard, for scripts and tests."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class FanOut:
+    def __init__(self, *sinks: MetricsSink):
+        self.sinks = sinks
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        for sink in self.sinks:
+            sink.scalars(step, values)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def make_sink(global_rank: int, output_dir: Path) -> MetricsSink:
+    if global_rank != 0:
+        return NullSink()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return FanOut(TensorBoardSink(output_dir / "tensorboard"),
+                  JsonLinesSink(output_dir / "metrics.jsonl"))
+
+
+def setup_console_logging(global_rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if global_rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank{global_rank}] %(message)s", datefmt="%H:%M:%S")

@@ -1,0 +1,273 @@
+"""A BERT encoder whose blocks can be skipped: Pre-LN (default) or Post-LN, with PLD.
+
+Design choices:
+- Parameter names follow Hugging Face's BERT layout, so HF checkpoints load with
+  `load_state_dict` and export to transformers is a rename, not a rewrite.
+- One encoder for both variants: `pre_layer_norm` picks where each LayerNorm sits.
+  In Pre-LN, `attention.output.LayerNorm` normalizes the block input before attention
+  and `output.LayerNorm` the feed-forward input; a final LayerNorm closes the encoder.
+- Progressive Layer Dropping: `forward(..., layer_gates=LayerGates)` in training mode.
+  A dropped block is never called (no compute), a kept block scales both branch
+  outputs by 1/p_i. In eval mode gates are ignored: every block runs, unscaled.
+- Attention through scaled_dot_product_attention with a boolean padding mask.
+- Sparse MLM head: only the masked positions go through the transform and the
+  decoder (tied to the word embeddings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .batch import PretrainingBatch
+from .config import BertConfig
+from .layer_norm import make_layer_norm
+from .pld import LayerGates
+
+
+@dataclass
+class PretrainingOutput:
+    loss: torch.Tensor  # mlm_loss + nsp_loss, what backward() sees
+    mlm_loss: torch.Tensor
+    nsp_loss: torch.Tensor
+    mlm_correct: torch.Tensor  # counts, detached, for accuracy over many batches
+    mlm_count: torch.Tensor
+    nsp_correct: torch.Tensor
+    nsp_count: torch.Tensor
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings,
+                                                config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = make_layer_norm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        positions = torch.arange(seq_len, device=input_ids.device)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(segment_ids))  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask,
+            dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hd)
+        batch, _, seq_len, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, seq_len, -1)  # (B, T, H)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = _Projection(config.hidden_size, config.hidden_size, config)
+
+
+class _Projection(nn.Module):
+    """dense -> dropout, plus the LayerNorm that belongs to this sublayer (HF's layout)."""
+
+    def __init__(self, in_features: int, out_features: int, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+        self.LayerNorm = make_layer_norm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(x))
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # (B, T, I)
+
+
+class BertLayer(nn.Module):
+    """One switchable block: attention and feed-forward share a single gate."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.pre_layer_norm = config.pre_layer_norm
+        self.attention = BertAttention(config)
+        self.intermediate = _Intermediate(config)
+        self.output = _Projection(config.intermediate_size, config.hidden_size, config)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
+                branch_scale: float = 1.0) -> torch.Tensor:
+        attn_norm = self.attention.output.LayerNorm
+        ffn_norm = self.output.LayerNorm
+        if self.pre_layer_norm:
+            # h = x + G attn(LN(x)) / p ;  y = h + G ffn(LN(h)) / p
+            h = x + branch_scale * self.attention.output(self.attention.self(attn_norm(x), attention_mask))
+            return h + branch_scale * self.output(self.intermediate(ffn_norm(h)))
+        h = attn_norm(x + branch_scale * self.attention.output(self.attention.self(x, attention_mask)))
+        return ffn_norm(h + branch_scale * self.output(self.intermediate(h)))
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.activation_checkpointing = config.activation_checkpointing
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        # Pre-LN leaves the residual stream unnormalized; the paper closes it with one LN.
+        self.final_layer_norm = (make_layer_norm(config.hidden_size, config.layer_norm_eps)
+                                 if config.pre_layer_norm else None)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
+                layer_gates: Optional[LayerGates] = None) -> torch.Tensor:
+        gated = self.training and layer_gates is not None
+        if gated and len(layer_gates.keep) != len(self.layer):
+            raise ValueError(f"{len(layer_gates.keep)} gates for {len(self.layer)} layers")
+        for index, layer in enumerate(self.layer):
+            scale = 1.0
+            if gated:
+                if not layer_gates.keep[index]:
+                    continue  # a dropped block costs nothing, forward or backward
+                scale = layer_gates.scale(index)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, attention_mask, scale, use_reentrant=False)
+            else:
+                x = layer(x, attention_mask, scale)
+        return self.final_layer_norm(x) if self.final_layer_norm is not None else x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(sequence_output[:, 0]))  # (B, H)
+
+
+class BertModel(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor,
+                input_mask: torch.Tensor, layer_gates: Optional[LayerGates] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        # True = may attend; broadcast over heads and query positions: (B, 1, 1, T).
+        attention_mask = input_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, segment_ids)
+        sequence_output = self.encoder(x, attention_mask, layer_gates)  # (B, T, H)
+        return sequence_output, self.pooler(sequence_output)
+
+
+class BertPredictionTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = make_layer_norm(config.hidden_size, config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Decoder weights are the word embeddings (tied); only the bias is its own."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = BertPredictionTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight  # tied: one parameter, two names
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, masked_hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(masked_hidden)) + self.bias
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+class BertForPreTraining(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings)
+        self.apply(lambda module: init_weights(module, config.initializer_range))
+        # Set by forward: the gates this call used. The PLD hook checks it, so a model
+        # that drops the gates on the floor stops training instead of running full depth.
+        self.consumed_layer_gates: Optional[LayerGates] = None
+
+    def forward(self, batch: PretrainingBatch,
+                layer_gates: Optional[LayerGates] = None) -> PretrainingOutput:
+        self.consumed_layer_gates = layer_gates if self.training else None
+        sequence_output, pooled = self.bert(batch.input_ids, batch.segment_ids,
+                                            batch.input_mask, layer_gates)
+        # Sparse prediction: gather the real masked positions only (0 is padding: [CLS]).
+        positions = batch.masked_lm_positions
+        is_masked = positions != 0  # (B, P)
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
+        masked_hidden = sequence_output[rows[is_masked], positions[is_masked]]  # (M, H)
+        mlm_logits = self.cls.predictions(masked_hidden)  # (M, V)
+        mlm_labels = batch.masked_lm_ids[is_masked]
+        mlm_count = mlm_labels.numel()
+        mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_labels, reduction="sum") / max(mlm_count, 1)
+
+        nsp_logits = self.cls.seq_relationship(pooled)  # (B, 2)
+        nsp_labels = batch.next_sentence_labels
+        nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels)
+        with torch.no_grad():
+            mlm_correct = (mlm_logits.argmax(-1) == mlm_labels).sum()
+            nsp_correct = (nsp_logits.argmax(-1) == nsp_labels).sum()
+        return PretrainingOutput(
+            loss=mlm_loss + nsp_loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss,
+            mlm_correct=mlm_correct, mlm_count=torch.tensor(mlm_count),
+            nsp_correct=nsp_correct, nsp_count=torch.tensor(nsp_labels.numel()))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialization: N(0, std) for weights, zeros for biases, LN to identity."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif hasattr(module, "weight") and hasattr(module, "bias") and "LayerNorm" in type(module).__name__:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,390 @@
+"""Pretraining entry point: parse, build, train.
+
+    deepspeed -m bing_bert_pld.train --deepspeed_config ds_configs/<file>.json \
+        --model_config bert-base --train_dir DATA/train --val_dir DATA/validation \
+        --output_dir runs/NAME [--max_steps N | --max_samples N | --max_time_minutes M]
+    python -m bing_bert_pld.train ...   (one process)
+
+The same command runs on GPUs (NCCL) and on CPU ranks (gloo). Settings have one home
+each (see bing_bert_pld/ds_config.py): the command line owns the run, the DeepSpeed JSON
+the batch/optimizer/precision/PLD, the model JSON the architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint
+from .config import BertConfig, ConfigError
+from .data import DataError, PretrainingDataLoader, validate_shard_set
+from .ds_config import load_training_setup, resolve_batch_sizes
+from .engine import PLDHook, init_distributed, initialize_engine
+from .metrics_log import LOG, make_sink, setup_console_logging
+from .model import BertForPreTraining
+from .pld import expected_active_layers
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    deepspeed_config: str
+    model_config: str
+    train_dir: str
+    output_dir: str
+    val_dir: Optional[str] = None
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    max_steps: Optional[int] = None
+    max_samples: Optional[int] = None
+    max_time_minutes: Optional[float] = None
+    seed: int = 42
+    log_interval: int = 10
+    val_interval: int = 500
+    val_batches: int = 50  # per rank per validation; 0 = the whole validation set
+    checkpoint_interval: int = 1000
+    resume: str = "auto"  # auto: continue from <output_dir>/checkpoints/latest; none: start over
+    init_from: Optional[str] = None  # weights of another run (phase 2 from phase 1)
+    init_keep_optimizer: bool = False
+    vocab_file: Optional[str] = None
+    prefetch_batches: int = 8
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> RunArgs:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = RunArgs("", "", "", "")
+    for f in dataclasses.fields(RunArgs):
+        required = f.name in {"deepspeed_config", "model_config", "train_dir", "output_dir"}
+        flag = f"--{f.name}"
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true")
+        else:
+            kind = {"int": int, "Optional[int]": int, "float": float,
+                    "Optional[float]": float}.get(f.type, str)
+            parser.add_argument(flag, type=kind, required=required,
+                                default=None if required else getattr(defaults, f.name))
+    parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    namespace = vars(parser.parse_args(argv))
+    namespace.pop("local_rank")
+    args = RunArgs(**namespace)
+    if args.resume not in ("auto", "none"):
+        parser.error(f"--resume must be 'auto' or 'none', got {args.resume!r}")
+    if args.max_steps is None and args.max_samples is None and args.max_time_minutes is None:
+        parser.error("give at least one of --max_steps, --max_samples, --max_time_minutes")
+    return args
+
+
+class StopRequest:
+    """SIGUSR1 / SIGTERM (SLURM's warning before the time limit): checkpoint, exit 0."""
+
+    def __init__(self):
+        self.signal_name: Optional[str] = None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Trainer:
+    def __init__(self, args: RunArgs):
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        # Everything that can be wrong with the input is checked before the engine exists.
+        self.model_config = BertConfig.from_json(args.model_config)
+        if args.max_seq_length > self.model_config.max_position_embeddings:
+            raise ConfigError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+                              f"max_position_embeddings {self.model_config.max_position_embeddings}")
+        self.setup = load_training_setup(args.deepspeed_config, torch.cuda.is_available())
+        init_distributed()
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        setup_console_logging(self.rank)
+        resolve_batch_sizes(self.setup.deepspeed, self.world_size, args.deepspeed_config)
+        self.train_set = self._validate_data(args.train_dir, "train")
+        self.val_set = self._validate_data(args.val_dir, "validation") if args.val_dir else None
+        self._check_vocab()
+
+        torch.manual_seed(args.seed + self.rank)  # dropout differs per rank, gates do not
+        self.engine = initialize_engine(BertForPreTraining(self.model_config), self.setup,
+                                        default_total_steps=args.max_steps)
+        self.pld = PLDHook(self.engine, self.setup.pld, args.seed) if self.setup.pld else None
+        self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
+        self.accumulation = self.engine.gradient_accumulation_steps()
+        self.loader = PretrainingDataLoader(self.train_set, self.micro_batch, self.rank,
+                                            self.world_size, args.seed,
+                                            prefetch_batches=args.prefetch_batches)
+        self.sink = make_sink(self.rank, self.output_dir)
+        self.samples = 0
+        self.elapsed_before_launch = 0.0
+        self.stop_request = StopRequest()
+        self._restore()
+        self.launch_started = time.perf_counter()
+
+    # ------------------------------------------------------------------ setup
+    def _validate_data(self, path: str, split: str):
+        try:
+            return validate_shard_set(path, self.args.max_seq_length,
+                                      self.args.max_predictions_per_seq,
+                                      self.model_config.vocab_size)
+        except DataError as err:
+            raise DataError(f"{split} data: {err}") from None
+
+    def _check_vocab(self) -> None:
+        if self.args.vocab_file is None:
+            return
+        vocab = Path(self.args.vocab_file)
+        if not vocab.is_file():
+            raise ConfigError(f"--vocab_file {vocab} does not exist")
+        manifest = Path(self.args.train_dir).parent / "manifest.json"
+        if manifest.is_file():
+            recorded = json.loads(manifest.read_text()).get("vocab_sha256")
+            if recorded and recorded != sha256_of(vocab):
+                raise ConfigError(f"--vocab_file {vocab} is not the vocabulary the shards were "
+                                  f"made with ({manifest}: vocab_sha256 {recorded})")
+
+    def run_config(self) -> dict:
+        return {"model_config": self.model_config.to_dict(), "run": dataclasses.asdict(self.args),
+                "deepspeed_setup": self.setup.summary(), "world_size": self.world_size,
+                "vocab_file": str(Path(self.args.vocab_file).resolve()) if self.args.vocab_file else None}
+
+    def _restore(self) -> None:
+        tag = checkpoint.latest_tag(self.checkpoint_root) if self.args.resume == "auto" else None
+        if tag is not None:
+            self._check_resumable(tag)
+            state, rank_state = checkpoint.load(self.engine, self.checkpoint_root, tag)
+            self.loader.load_state_dict(rank_state["loader"])
+            checkpoint.restore_rng_state(rank_state["rng"])
+            self.samples = state["samples"]
+            self.elapsed_before_launch = state["elapsed_s"]
+            if self.pld is not None:
+                self.pld.stats.total_micro_batches = state["pld_micro_batches"]
+                self.pld.stats.total_active_layers = state["pld_active_layers"]
+            LOG.info("resumed from %s at step %d (%d samples)", self.checkpoint_root / tag,
+                     self.engine.global_steps, self.samples)
+        elif self.args.init_from:
+            state = checkpoint.load_weights_only(self.engine, Path(self.args.init_from),
+                                                 self.args.init_keep_optimizer)
+            if self.args.init_keep_optimizer:
+                self.samples = state.get("samples", 0)
+            LOG.info("initialized from %s (optimizer and schedule %s)", self.args.init_from,
+                     "kept" if self.args.init_keep_optimizer else "reset")
+
+    def _check_resumable(self, tag: str) -> None:
+        """The data position means something only for the same ranks and batch shape."""
+        recorded = json.loads((self.checkpoint_root / tag / checkpoint.TRAINER_STATE).read_text())
+        now = {"world_size": self.world_size, "micro_batch": self.micro_batch}
+        changed = {key: (recorded.get(key), value) for key, value in now.items()
+                   if recorded.get(key) != value}
+        if changed:
+            raise ConfigError(
+                f"cannot resume {self.checkpoint_root / tag}: " + ", ".join(
+                    f"{key} was {old}, is {new}" for key, (old, new) in changed.items())
+                + "; resume with the same layout, or start a new run with --init_from")
+
+    # --------------------------------------------------------------- training
+    @property
+    def step(self) -> int:
+        return self.engine.global_steps
+
+    def elapsed(self) -> float:
+        return self.elapsed_before_launch + time.perf_counter() - self.launch_started
+
+    def theta(self) -> float:
+        return self.pld.theta if self.pld is not None else 1.0
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over `accumulation` micro-batches; local mean losses."""
+        totals = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0}
+        for _ in range(self.accumulation):
+            batch = next(self.loader).to(self.engine.device)
+            output = self.engine(batch)
+            self.engine.backward(output.loss)
+            self.engine.step()
+            for key in totals:
+                totals[key] += getattr(output, key).item() / self.accumulation
+        self.samples += self.engine.train_batch_size()
+        return totals
+
+    def should_stop(self) -> Optional[str]:
+        """Every rank must agree, so the decision is all-reduced once per step."""
+        args = self.args
+        local = [self.stop_request.signal_name is not None,
+                 args.max_time_minutes is not None and self.elapsed() >= 60 * args.max_time_minutes]
+        flags = torch.tensor(local, dtype=torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0]:
+            return "signal"
+        if flags[1]:
+            return "time budget"
+        if args.max_steps is not None and self.step >= args.max_steps:
+            return "max_steps"
+        if args.max_samples is not None and self.samples >= args.max_samples:
+            return "max_samples"
+        return None
+
+    def train(self) -> str:
+        args = self.args
+        LOG.info("training: world size %d, micro batch %d, accumulation %d, global batch %d, "
+                 "PLD %s", self.world_size, self.micro_batch, self.accumulation,
+                 self.engine.train_batch_size(),
+                 f"theta_bar={self.setup.pld.theta_bar} gamma={self.setup.pld.gamma}"
+                 if self.pld else "off")
+        interval = _Interval()
+        reason = self.should_stop()
+        while reason is None:
+            theta = self.theta()  # the theta this step's gates are drawn with
+            started = time.perf_counter()
+            losses = self.train_step()
+            interval.add(losses, time.perf_counter() - started, theta)
+            if self.step % args.log_interval == 0:
+                self._log_training(interval)
+                interval = _Interval()
+            if self.val_set is not None and self.step % args.val_interval == 0:
+                self.validate()
+            if self.step % args.checkpoint_interval == 0:
+                self.save()
+            reason = self.should_stop()
+        if interval.steps:
+            self._log_training(interval)
+        if self.val_set is not None and self.step % args.val_interval != 0:
+            self.validate()
+        if self.step % args.checkpoint_interval != 0 or reason == "signal":
+            self.save()
+        LOG.info("stopped at step %d (%s), %d samples, %.1f s", self.step, reason,
+                 self.samples, self.elapsed())
+        self.loader.close()
+        self.sink.close()
+        return reason
+
+    def _log_training(self, interval: "_Interval") -> None:
+        means = torch.tensor([interval.losses[k] / interval.steps for k in _Interval.KEYS],
+                             dtype=torch.float64)
+        dist.all_reduce(means)
+        means /= self.world_size
+        layers = self.model_config.num_hidden_layers
+        values = {f"train/{k}": float(v) for k, v in zip(_Interval.KEYS, means)}
+        step_time = interval.seconds / interval.steps
+        active = (self.pld.stats.interval_mean_active() if self.pld else float(layers))
+        values.update({
+            "train/lr": self.engine.get_lr()[0],
+            "train/samples": self.samples,
+            "pld/theta": interval.theta_sum / interval.steps,
+            "pld/expected_active_layers": expected_active_layers(
+                interval.theta_sum / interval.steps, layers),
+            "pld/active_layers": active,
+            "pld/encoder_flops_skipped_frac": self._flops_skipped(),
+            "perf/samples_per_sec": self.engine.train_batch_size() / step_time,
+            "perf/step_time_s": step_time,
+            "perf/elapsed_s": self.elapsed(),
+        })
+        if self.pld:
+            self.pld.stats.reset_interval()
+        self.sink.scalars(self.step, values)
+        LOG.info("step %d | loss %.4f (mlm %.4f nsp %.4f) | lr %.3g | theta %.3f | layers %.2f "
+                 "| %.1f samples/s | %.1f s", self.step, values["train/loss"],
+                 values["train/mlm_loss"], values["train/nsp_loss"], values["train/lr"],
+                 values["pld/theta"], active, values["perf/samples_per_sec"], values["perf/elapsed_s"])
+
+    def _flops_skipped(self) -> float:
+        # All encoder layers cost the same, so skipped layer runs / all layer runs is
+        # exactly the fraction of encoder FLOPs skipped.
+        if self.pld is None or self.pld.stats.total_micro_batches == 0:
+            return 0.0
+        stats = self.pld.stats
+        return 1.0 - stats.total_active_layers / (stats.total_micro_batches * self.pld.num_layers)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """MLM loss/accuracy and NSP accuracy over the validation set, full depth."""
+        self.engine.eval()
+        loader = PretrainingDataLoader(self.val_set, self.micro_batch, self.rank, self.world_size,
+                                       seed=0, drop_last=True, prefetch_batches=2)
+        batches = loader.batches_per_epoch
+        if self.args.val_batches:
+            batches = min(batches, self.args.val_batches)
+        # sums: mlm loss x count, mlm correct, mlm count, nsp loss x count, nsp correct, nsp count
+        sums = torch.zeros(6, dtype=torch.float64)
+        with loader:
+            for _ in range(batches):
+                out = self.engine(next(loader).to(self.engine.device))
+                mlm_n, nsp_n = out.mlm_count.item(), out.nsp_count.item()
+                sums += torch.tensor([out.mlm_loss.item() * mlm_n, out.mlm_correct.item(), mlm_n,
+                                      out.nsp_loss.item() * nsp_n, out.nsp_correct.item(), nsp_n],
+                                     dtype=torch.float64)
+        dist.all_reduce(sums)
+        self.engine.train()
+        mlm_loss, nsp_loss = sums[0] / sums[2], sums[3] / sums[5]
+        values = {"val/mlm_loss": float(mlm_loss), "val/mlm_acc": float(sums[1] / sums[2]),
+                  "val/nsp_loss": float(nsp_loss), "val/nsp_acc": float(sums[4] / sums[5]),
+                  "val/loss": float(mlm_loss + nsp_loss)}
+        self.sink.scalars(self.step, values)
+        LOG.info("validation at step %d | mlm loss %.4f acc %.4f | nsp acc %.4f", self.step,
+                 values["val/mlm_loss"], values["val/mlm_acc"], values["val/nsp_acc"])
+        return values
+
+    def save(self) -> Path:
+        tag = f"global_step{self.step}"
+        stats = self.pld.stats if self.pld else None
+        trainer_state = {
+            "step": self.step, "samples": self.samples, "elapsed_s": self.elapsed(),
+            "world_size": self.world_size, "micro_batch": self.micro_batch,
+            "theta": self.theta(),
+            "pld_micro_batches": stats.total_micro_batches if stats else 0,
+            "pld_active_layers": stats.total_active_layers if stats else 0,
+            "loader": self.loader.state_dict(),
+        }
+        rank_state = {"loader": self.loader.state_dict(), "rng": checkpoint.rng_state()}
+        directory = checkpoint.save(self.engine, self.checkpoint_root, tag, trainer_state,
+                                    rank_state, self.run_config())
+        LOG.info("checkpoint %s", directory)
+        return directory
+
+
+class _Interval:
+    """Accumulates per-step numbers between two log lines."""
+
+    KEYS = ("loss", "mlm_loss", "nsp_loss")
+
+    def __init__(self):
+        self.steps = 0
+        self.seconds = 0.0
+        self.theta_sum = 0.0
+        self.losses = dict.fromkeys(self.KEYS, 0.0)
+
+    def add(self, losses: dict[str, float], seconds: float, theta: float) -> None:
+        self.steps += 1
+        self.seconds += seconds
+        self.theta_sum += theta
+        for key in self.KEYS:
+            self.losses[key] += losses[key]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        trainer = Trainer(args)
+    except (ConfigError, DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trainer.train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Atomic file output: every artifact appears under its final name only when whole.
+
+Stages detect finished work by the presence of final names, so a killed run must
+never leave a partial file there: write to a temporary sibling, then rename (atomic
+on POSIX within one directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+TMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path; rename it to `final` only if the block succeeds."""
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(obj) -> str:
+    """A short stable hash of a JSON-able object, used to name work directories."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,189 @@
+"""Read documents out of one piece (a byte range) of an input file.
+
+Large files are cut into byte ranges so that many processes can read one file. The
+rule that keeps pieces disjoint and complete: a piece owns exactly the documents whose
+first byte lies in [start, end); it reads past `end` to finish its last document and
+skips the tail of the document it starts inside. Compressed files and books are read
+whole (`end` is the file size).
+
+Bytes that are not UTF-8 are dropped and counted per file, never fatal: one bad byte
+in a 20 GB dump should not stop the run.
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import gzip
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+# How each kind delimits documents: a line each, a blank line between, <doc> tags, or
+# one document per file.
+LINE, BLANK, DOC_TAGS, WHOLE_FILE = "line", "blank", "doc-tags", "whole-file"
+COMPRESSED_SUFFIXES = (".bz2", ".gz")
+REPLACEMENT = "\ufffd"
+
+
+@dataclass(frozen=True)
+class Piece:
+    path: str
+    name: str  # the input's name, for per-file counts
+    start: int
+    end: int
+
+
+@dataclass
+class ReadCounts:
+    """Per input file: undecodable byte sequences dropped, malformed JSON records skipped."""
+
+    undecodable: collections.Counter = field(default_factory=collections.Counter)
+    malformed: collections.Counter = field(default_factory=collections.Counter)
+
+
+def is_splittable(kind: str, path: Path) -> bool:
+    return kind != "books" and not path.name.endswith(COMPRESSED_SUFFIXES)
+
+
+def read_documents(kind: str, piece: Piece, counts: ReadCounts) -> Iterator[list[str]]:
+    """Yield the documents of `piece` as lists of text lines (paragraphs or sentences)."""
+    with _open(piece.path) as f:
+        first_line = _seek_first_line(f, piece.start)
+        fmt = _format(kind, f, first_line)
+        records = _records(_lines(f, first_line), fmt, piece.end)
+        if fmt == BLANK and first_line > 0 and not _previous_line_blank(f, first_line):
+            records = _skip_record_at(records, first_line)
+        for _, raw_lines in records:
+            lines = [_decode(raw, piece.name, counts) for raw in raw_lines]
+            document = _to_document(kind, fmt, lines, piece.name, counts)
+            if document is not None:
+                yield document
+
+
+def _open(path: str) -> BinaryIO:
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _seek_first_line(f: BinaryIO, start: int) -> int:
+    """Position f at the first line that begins at or after `start`; return that offset."""
+    if start == 0:
+        return 0
+    f.seek(start - 1)
+    f.readline()
+    return f.tell()
+
+
+def _format(kind: str, f: BinaryIO, position: int) -> str:
+    if kind == "books":
+        return WHOLE_FILE
+    if kind == "text":
+        return BLANK
+    if kind == "jsonl":
+        return LINE
+    # wikiextractor writes JSON lines with --json and <doc> blocks without it: sniff
+    # the file's start (a piece may begin mid-file, on any line of article text).
+    f.seek(0)
+    head = f.read(4096).lstrip()
+    f.seek(position)
+    return LINE if head.startswith(b"{") else DOC_TAGS
+
+
+def _lines(f: BinaryIO, position: int) -> Iterator[tuple[int, bytes]]:
+    for raw in f:
+        yield position, raw
+        position += len(raw)
+
+
+def _records(lines, fmt: str, end: int) -> Iterator[tuple[int, list[bytes]]]:
+    """Group lines into (start offset, lines) records, stopping at the first record
+    that starts at or after `end` (it belongs to the next piece)."""
+    current: tuple[int, list[bytes]] | None = None
+    for position, raw in lines:
+        blank = not raw.strip()
+        if fmt == LINE:
+            if blank:
+                continue
+            if position >= end:
+                return
+            yield position, [raw]
+        elif fmt == DOC_TAGS:
+            if raw.startswith(b"<doc"):
+                if position >= end:
+                    return
+                current = (position, [])
+            elif raw.startswith(b"</doc>"):
+                if current is not None:
+                    yield current
+                current = None
+            elif current is not None:
+                current[1].append(raw)
+        elif fmt == BLANK:
+            if blank:
+                if current is not None:
+                    yield current
+                current = None
+            else:
+                if current is None:
+                    if position >= end:
+                        return
+                    current = (position, [])
+                current[1].append(raw)
+        else:  # WHOLE_FILE
+            if current is None:
+                current = (position, [])
+            current[1].append(raw)
+    if current is not None:
+        yield current
+
+
+def _previous_line_blank(f: BinaryIO, line_start: int) -> bool:
+    window_start = max(0, line_start - 4096)
+    f.seek(window_start)
+    window = f.read(line_start - 1 - window_start)  # up to, not including, the '\n'
+    f.seek(line_start)
+    return not window.rsplit(b"\n", 1)[-1].strip()
+
+
+def _skip_record_at(records, position: int):
+    """Drop the record that starts exactly at `position`: the tail of a document that
+    began in the previous piece."""
+    for record in records:
+        if record[0] != position:
+            yield record
+        break
+    yield from records
+
+
+def _decode(raw: bytes, name: str, counts: ReadCounts) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        counts.undecodable[name] += text.count(REPLACEMENT) - raw.count(REPLACEMENT.encode())
+        return text.replace(REPLACEMENT, "").rstrip("\r\n")
+
+
+def _to_document(kind: str, fmt: str, lines: list[str], name: str, counts: ReadCounts) -> list[str] | None:
+    if fmt == LINE:
+        try:
+            text = json.loads(lines[0])["text"]
+        except (ValueError, KeyError, TypeError):
+            counts.malformed[name] += 1
+            return None
+        if not isinstance(text, str):
+            counts.malformed[name] += 1
+            return None
+        lines = text.split("\n")
+    elif fmt == DOC_TAGS:
+        lines = lines[1:]  # the first line inside <doc> is the article title
+    if kind == "wikiextractor":
+        # wikiextractor escapes &, < and > as HTML entities (its --html-safe default).
+        lines = [html.unescape(line) for line in lines]
+    return lines

@@ -1,0 +1,271 @@
+"""The shard reader: validation errors, rank split, seeded order, exact resume, shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections import Counter
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bing_bert_pld import data
+from bing_bert_pld.data import DataError, PretrainingBatch, PretrainingDataLoader, validate_shard_set
+from bing_bert_pld.schema import FIELD_NAMES, MANIFEST_NAME
+from shard_factory import make_arrays, write_shard, write_shard_set
+
+SEQ, PRED, VOCAB = 16, 3, 100
+
+
+def rows_seen(batch: PretrainingBatch) -> list[tuple[int, int]]:
+    """Row identity: tests stamp (shard, row) into the first two input_ids."""
+    return [tuple(r) for r in batch.input_ids[:, :2].tolist()]
+
+
+def take(loader: PretrainingDataLoader, n: int) -> list[PretrainingBatch]:
+    return [next(loader) for _ in range(n)]
+
+
+def assert_same(a: list[PretrainingBatch], b: list[PretrainingBatch]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for name in FIELD_NAMES:
+            assert torch.equal(getattr(x, name), getattr(y, name)), name
+
+
+@pytest.fixture
+def stamped(tmp_path):
+    """Shards of unequal sizes (one empty) whose rows carry their (shard, row) identity."""
+    rows = [7, 0, 12, 5, 9]  # 33 rows
+    rng = np.random.default_rng(0)
+    for shard, n in enumerate(rows):
+        arrays = make_arrays(n, SEQ, PRED, VOCAB, rng)
+        arrays["input_ids"][:, 0] = shard
+        arrays["input_ids"][:, 1] = np.arange(n)
+        write_shard(tmp_path / f"shard_{shard:05d}.hdf5", arrays)
+    return validate_shard_set(tmp_path, SEQ, PRED, VOCAB)
+
+
+def make_loader(info, **kw) -> PretrainingDataLoader:
+    args = dict(micro_batch_size=4, rank=0, world_size=1, seed=1, prefetch_batches=2)
+    return PretrainingDataLoader(info, **{**args, **kw})
+
+
+# ---------------------------------------------------------------- batches
+
+def test_batch_fields_are_the_schema_keys_as_int64():
+    assert tuple(f.name for f in dataclasses.fields(PretrainingBatch)) == FIELD_NAMES
+    arrays = make_arrays(3, SEQ, PRED, VOCAB, np.random.default_rng(0))
+    batch = PretrainingBatch.from_numpy(arrays)
+    assert batch.size == 3
+    for name in FIELD_NAMES:
+        assert getattr(batch, name).dtype == torch.int64
+        assert np.array_equal(getattr(batch, name).numpy(), arrays[name])
+    moved = batch.to("cpu")
+    assert torch.equal(moved.masked_lm_ids, batch.masked_lm_ids)
+
+
+def test_factory_rows_follow_the_schema_rules(tmp_path):
+    paths = write_shard_set(tmp_path, 2, [5, 6], SEQ, PRED, VOCAB, seed=3, split="train")
+    info = validate_shard_set(tmp_path / "train", SEQ, PRED, VOCAB)
+    assert info.files == tuple(paths) and info.rows == (5, 6)
+    with h5py.File(paths[1], "r") as f:
+        mask, pos = f["input_mask"][:], f["masked_lm_positions"][:]
+        ids, labels = f["input_ids"][:], f["next_sentence_labels"][:]
+    lengths = mask.sum(1)
+    assert np.array_equal(mask, (np.arange(SEQ) < lengths[:, None]).astype(np.int8))  # 1s then 0s
+    for row, length in zip(pos, lengths):
+        real = row[row != 0]
+        assert len(real) >= 1 and np.all(np.diff(real) > 0) and real.max() < length
+        assert np.all(row[len(real):] == 0)  # 0-padded after the real positions
+    assert ids.max() < VOCAB and set(labels.tolist()) <= {0, 1}
+
+
+# ---------------------------------------------------------------- validation
+
+def expect_error(path, *fragments, seq_len=SEQ, max_pred=PRED, vocab_size=VOCAB):
+    with pytest.raises(DataError) as err:
+        validate_shard_set(path, seq_len, max_pred, vocab_size)
+    for fragment in fragments:
+        assert str(fragment) in str(err.value), (fragment, str(err.value))
+
+
+def broken_shard(tmp_path, change, compression=None):
+    """A valid set of two shards whose second file is passed through `change`."""
+    write_shard_set(tmp_path, 2, 6, SEQ, PRED, VOCAB, seed=0, manifest=False)
+    arrays = make_arrays(6, SEQ, PRED, VOCAB, np.random.default_rng(1))
+    change(arrays)
+    return write_shard(tmp_path / "shard_00001.hdf5", arrays, compression)
+
+
+def test_missing_directory_and_no_shards(tmp_path):
+    expect_error(tmp_path / "nope", "nope", "does not exist")
+    expect_error(tmp_path, str(tmp_path), "no *.hdf5 shards")
+    expect_error(str(tmp_path / "*.hdf5"), "no *.hdf5 shards")
+
+
+def test_unreadable_file(tmp_path):
+    write_shard_set(tmp_path, 1, 4, SEQ, PRED, VOCAB, seed=0, manifest=False)
+    (tmp_path / "shard_00001.hdf5").write_bytes(b"not an hdf5 file")
+    expect_error(tmp_path, "shard_00001.hdf5", "unreadable")
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (lambda a: a.pop("segment_ids"), ["missing key(s) segment_ids"]),
+    (lambda a: a.update(input_ids=a["input_ids"].astype(np.int64)), ["input_ids", "int64", "int32"]),
+    (lambda a: a.update(input_mask=a["input_mask"].astype(np.int32)), ["input_mask", "int32", "int8"]),
+    (lambda a: a.update(next_sentence_labels=a["next_sentence_labels"][:5]),
+     ["next_sentence_labels has 5 rows", "input_ids has 6"]),
+    (lambda a: a.update(segment_ids=a["segment_ids"][:, :8]), ["segment_ids", "(6, 8)", f"seq_len={SEQ}"]),
+    (lambda a: a.update(masked_lm_ids=np.zeros((6, 5), np.int32)), ["masked_lm_ids", "(6, 5)", f"max_pred={PRED}"]),
+    (lambda a: a["input_ids"].__setitem__((4, 2), VOCAB), ["input_ids holds 100 at row 4", "vocab_size=100"]),
+    (lambda a: a["masked_lm_ids"].__setitem__((2, 0), -7), ["masked_lm_ids holds -7 at row 2"]),
+    (lambda a: a["masked_lm_positions"].__setitem__((1, 0), SEQ), ["masked_lm_positions holds 16", "seq_len=16"]),
+    (lambda a: a["next_sentence_labels"].__setitem__(3, 2), ["next_sentence_labels holds 2 at row 3"]),
+])
+def test_bad_shard_names_file_and_value(tmp_path, change, fragments):
+    path = broken_shard(tmp_path, change)
+    expect_error(tmp_path, path.name, *fragments)
+
+
+def test_configuration_mismatch_names_the_setting(tmp_path):
+    write_shard_set(tmp_path, 1, 4, SEQ, PRED, VOCAB, seed=0, manifest=False)
+    expect_error(tmp_path, "shard_00000.hdf5", "(4, 16)", "seq_len=32", seq_len=32)
+    expect_error(tmp_path, "shard_00000.hdf5", "(4, 3)", "max_pred=4", max_pred=4)
+
+
+def test_value_scan_reads_in_blocks_and_reports_the_global_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_SCAN_BYTES", 64)  # one 16-token int32 row per uncompressed read
+    path = broken_shard(tmp_path, lambda a: a["input_ids"].__setitem__((5, 0), VOCAB + 3))
+    expect_error(tmp_path, path.name, "input_ids holds 103 at row 5")
+    path = broken_shard(tmp_path, lambda a: a["input_ids"].__setitem__((5, 0), VOCAB + 3), "gzip")
+    expect_error(tmp_path, path.name, "input_ids holds 103 at row 5")
+
+
+@pytest.mark.parametrize("key, value", [("seq_len", 64), ("max_pred", 9), ("vocab_size", 30522)])
+def test_manifest_mismatch_names_the_key(tmp_path, key, value):
+    write_shard_set(tmp_path, 1, 4, SEQ, PRED, VOCAB, seed=0, split="train")
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    manifest[key] = value
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    expect_error(tmp_path / "train", MANIFEST_NAME, f"'{key}' is {value}")
+
+
+def test_manifest_row_counts_catch_a_truncated_shard(tmp_path):
+    write_shard_set(tmp_path, 2, 4, SEQ, PRED, VOCAB, seed=0, split="train")
+    write_shard(tmp_path / "train" / "shard_00001.hdf5", make_arrays(3, SEQ, PRED, VOCAB, np.random.default_rng(0)))
+    expect_error(tmp_path / "train", "shard_00001.hdf5", "has 3 rows", "lists 4")
+
+
+def test_gzip_and_plain_shards_read_the_same(tmp_path):
+    infos = [validate_shard_set(
+        write_shard_set(tmp_path / str(c), 2, [70, 50], SEQ, PRED, VOCAB, seed=5, compression=c)[0].parent,
+        SEQ, PRED, VOCAB) for c in (None, "gzip")]
+    with h5py.File(infos[1].files[0], "r") as f:
+        assert f["input_ids"].compression == "gzip" and f["input_ids"].chunks == (64, SEQ)
+    with make_loader(infos[0], micro_batch_size=8) as plain, make_loader(infos[1], micro_batch_size=8) as gz:
+        assert_same(take(plain, 20), take(gz, 20))
+
+
+# ---------------------------------------------------------------- order and ranks
+
+@pytest.mark.parametrize("batch_size, drop_last, per_rank", [(4, True, 4), (8, True, 2), (4, False, 5)])
+def test_ranks_are_disjoint_and_cover_the_epoch(stamped, batch_size, drop_last, per_rank):
+    everything = {(s, r) for s, n in enumerate(stamped.rows) for r in range(n)}
+    seen = []
+    for rank in range(2):
+        with make_loader(stamped, micro_batch_size=batch_size, rank=rank, world_size=2,
+                         drop_last=drop_last) as loader:
+            assert loader.batches_per_epoch == per_rank  # equal on every rank
+            batches = take(loader, per_rank)
+            assert all(b.size == batch_size for b in batches)
+            seen.append([row for b in batches for row in rows_seen(b)])
+    if drop_last:  # disjoint, and only the remainder of the last round is skipped
+        assert len(set(seen[0] + seen[1])) == len(seen[0]) + len(seen[1]) == 33 - 33 % (2 * batch_size)
+        assert set(seen[0] + seen[1]) <= everything
+    else:  # every row, padded with 2 * 4 * 5 - 33 = 7 rows from the start of the epoch
+        counts = Counter(seen[0] + seen[1])
+        assert set(counts) == everything and sorted(counts.values()) == [1] * 26 + [2] * 7
+
+
+def test_epoch_order_is_shards_in_turn_then_rows_shuffled(stamped):
+    # The documented order, pinned exactly: old checkpoints resume only if it never changes.
+    seed, epoch = 1, 1
+    shard_order = np.random.default_rng([seed, epoch, 0, 0]).permutation(len(stamped.rows))
+    expected = [(int(s), int(r)) for s in shard_order
+                for r in np.random.default_rng([seed, epoch, 1, s]).permutation(stamped.rows[s])]
+    with make_loader(stamped, seed=seed) as loader:
+        loader.load_state_dict({"epoch": epoch, "batches_consumed_in_epoch": 0, "seed": seed})
+        rows = [row for b in take(loader, loader.batches_per_epoch) for row in rows_seen(b)]
+    assert rows == expected[:32]
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch(stamped):
+    def epochs(seed):
+        with make_loader(stamped, seed=seed) as loader:
+            batches = take(loader, 2 * loader.batches_per_epoch)
+        rows = [row for b in batches for row in rows_seen(b)]
+        return rows[:32], rows[32:]
+
+    first, again, other = epochs(1), epochs(1), epochs(2)
+    assert first == again
+    assert first[0] != other[0] and first[1] != other[1]
+    assert first[0] != first[1]  # a new permutation every epoch
+    assert len(set(first[0])) == len(set(first[1])) == 32
+
+
+def test_resume_continues_with_exactly_the_same_batches(stamped):
+    with make_loader(stamped, rank=1, world_size=2, prefetch_batches=3) as straight:
+        expected = take(straight, 12)  # 4 batches per epoch: crosses two epoch boundaries
+    for k in (0, 3, 4, 5):
+        with make_loader(stamped, rank=1, world_size=2, prefetch_batches=3) as first:
+            take(first, k)
+            state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
+        assert state == {"epoch": k // 4, "batches_consumed_in_epoch": k % 4, "seed": 1}
+        with make_loader(stamped, rank=1, world_size=2, prefetch_batches=3) as resumed:
+            resumed.load_state_dict(state)
+            assert_same(take(resumed, 12 - k), expected[k:])
+
+
+def test_load_state_dict_refuses_another_seed(stamped):
+    with make_loader(stamped) as loader, pytest.raises(ValueError, match="seed 7"):
+        loader.load_state_dict({"epoch": 0, "batches_consumed_in_epoch": 0, "seed": 7})
+
+
+def test_too_little_data_for_one_round(stamped):
+    with pytest.raises(DataError, match="33 rows"):
+        make_loader(stamped, micro_batch_size=17, world_size=2)
+
+
+# ---------------------------------------------------------------- thread
+
+def test_close_stops_the_prefetch_thread(stamped):
+    before = set(threading.enumerate())
+    loader = make_loader(stamped)
+    next(loader)
+    thread = loader._prefetcher.thread
+    assert thread.daemon and thread.is_alive()
+    loader.close()
+    assert not thread.is_alive() and set(threading.enumerate()) == before
+    with pytest.raises(RuntimeError, match="closed"):
+        next(loader)
+
+
+def test_dropping_a_loader_stops_its_thread(stamped):
+    loader = make_loader(stamped)
+    next(loader)
+    thread = loader._prefetcher.thread
+    del loader
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def test_a_read_error_reaches_the_caller(tmp_path):
+    paths = write_shard_set(tmp_path, 2, 8, SEQ, PRED, VOCAB, seed=0)
+    info = validate_shard_set(tmp_path, SEQ, PRED, VOCAB)
+    paths[0].write_bytes(b"truncated")  # the file changed after validation
+    with make_loader(info) as loader, pytest.raises(OSError):
+        take(loader, 4)

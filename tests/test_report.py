@@ -1,0 +1,154 @@
+"""The run comparison report, on small synthetic TensorBoard event files.
+
+All scalar values are exact in float32 (the event format), so the summary numbers are
+compared with ==, against values worked out by hand from the events below.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from bing_bert_pld import report
+
+PLOTS = ("loss_vs_time.png", "loss_vs_samples.png", "pld.png", "throughput.png")
+
+
+def write_run(root, scalars):
+    """scalars: {tag: [(step, value), ...]} written to root/tensorboard like the trainer."""
+    writer = SummaryWriter(log_dir=str(root / "tensorboard"))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    return root
+
+
+def baseline_scalars():
+    # 32 samples and 1 s per step, logged every 2 steps up to step 10.
+    steps = range(2, 11, 2)
+    return {
+        "train/samples": [(s, 32 * s) for s in steps],
+        "perf/elapsed_s": [(s, 1.0 * s) for s in steps],
+        "perf/samples_per_sec": [(s, 32.0) for s in steps],
+        "train/loss": [(s, 10.0 - 0.5 * s) for s in steps],
+        "val/loss": [(5, 6.0), (10, 5.0)],
+    }
+
+
+def pld_scalars():
+    # 0.75 s per step, two steps longer; val at step 3, between two elapsed logs.
+    steps = range(2, 13, 2)
+    return {
+        "train/samples": [(s, 32 * s) for s in steps],
+        "perf/elapsed_s": [(s, 0.75 * s) for s in steps],
+        "perf/samples_per_sec": [(s, 32 / 0.75) for s in steps],
+        "train/loss": [(s, 9.0 - 0.5 * s) for s in steps],
+        "val/loss": [(3, 6.5), (8, 5.0), (12, 4.5)],
+        "pld/theta": [(s, 1.0 - 0.03125 * s) for s in steps],
+        "pld/expected_active_layers": [(s, 12.0 - 0.25 * s) for s in steps],
+        "pld/active_layers": [(s, 12.0 - 0.25 * s) for s in steps],
+        "pld/encoder_flops_skipped_frac": [(s, 0.015625 * s) for s in steps],
+    }
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    return (write_run(tmp_path / "baseline", baseline_scalars()),
+            write_run(tmp_path / "pld", pld_scalars()))
+
+
+def test_summary_numbers_exact(two_runs):
+    runs = [report.load_run(p) for p in reversed(two_runs)]  # PLD first: baseline found
+    summary = report.summarize(runs)
+    assert summary.baseline == "baseline"
+    assert summary.target_val_loss == 5.0
+    pld, base = summary.runs
+    assert (pld.name, pld.uses_pld, base.uses_pld) == ("pld", True, False)
+    assert base.time_per_sample_s == 10.0 / 320
+    assert pld.time_per_sample_s == 9.0 / 384
+    assert pld.time_saving_pct == 100 * (1 - (9.0 / 384) / (10.0 / 320))  # 25%
+    assert pld.time_saving_pct == 25.0
+    assert base.time_saving_pct == 0.0
+    assert pld.encoder_flops_skipped_frac == 0.1875 and base.encoder_flops_skipped_frac is None
+    assert (base.final_val_loss, pld.final_val_loss) == (5.0, 4.5)
+    # Baseline reaches 5.0 at its step-10 evaluation (10 s); PLD at step 8 (6 s).
+    assert base.time_to_target_s == 10.0 and pld.time_to_target_s == 6.0
+    assert pld.time_to_target_speedup == 10.0 / 6.0 and base.time_to_target_speedup == 1.0
+    assert (pld.samples, pld.elapsed_s, pld.last_step) == (384, 9.0, 12)
+    assert any("differ in length" in m for m in summary.messages)
+
+
+def test_val_steps_between_time_logs_are_interpolated(two_runs):
+    run = report.load_run(two_runs[1])
+    times, losses = report.on_axis(run, "val/loss", "perf/elapsed_s")
+    assert times.tolist() == [2.25, 6.0, 9.0]  # step 3 lies between the logs at 2 and 4
+    assert losses.tolist() == [6.5, 5.0, 4.5]
+    # Past the last log the time grows at the last rate.
+    assert report.interpolate([14, 1], np.array([2, 4]), np.array([1.5, 3.0])).tolist() == [
+        10.5, 0.75]
+
+
+def test_cli_writes_plots_and_summary(two_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert report.main([str(p) for p in two_runs] + ["--out", str(out)]) == 0
+    for name in PLOTS:
+        assert (out / name).stat().st_size > 1000, name
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "summary.md").read_text()
+    assert "**baseline**" in md and "25.0%" in md and "1.67x" in md and "18.8%" in md
+    assert md in capsys.readouterr().out
+    data = json.loads((out / "summary.json").read_text())
+    assert data["runs"][1]["time_to_target_s"] == 6.0
+
+
+def test_explicit_baseline_and_unknown_name(two_runs, tmp_path, capsys):
+    runs = [report.load_run(p) for p in two_runs]
+    summary = report.summarize(runs, baseline_name="pld")
+    assert summary.target_val_loss == 4.5
+    base, pld = summary.runs
+    assert base.target_reached is False and base.time_to_target_s is None
+    assert pld.time_to_target_s == 9.0 and pld.time_to_target_speedup == 1.0
+    assert any("never reached" in m for m in summary.messages)
+    assert "not reached" in report.format_markdown(summary)
+    code = report.main([str(p) for p in two_runs] + ["--out", str(tmp_path / "o"),
+                                                     "--baseline", "nope"])
+    assert code == 2 and "not one of the runs" in capsys.readouterr().err
+
+
+def test_single_run(two_runs, tmp_path):
+    summary, written = report.write_report([report.load_run(two_runs[1])], tmp_path / "one")
+    assert summary.baseline == "pld"
+    assert any("only one run" in m for m in summary.messages)
+    assert summary.runs[0].time_saving_pct == 0.0
+    assert {p.name for p in written} >= set(PLOTS)
+
+
+def test_missing_scalars_give_messages_not_crashes(tmp_path):
+    sparse = write_run(tmp_path / "sparse", {"train/loss": [(1, 3.0), (2, 2.5)]})
+    full = write_run(tmp_path / "base", baseline_scalars())
+    summary, written = report.write_report(
+        [report.load_run(sparse), report.load_run(full)], tmp_path / "out", "base")
+    row = summary.runs[0]
+    assert row.time_per_sample_s is None and row.time_to_target_s is None
+    assert row.target_reached is None and row.last_step == 2
+    text = report.format_markdown(summary)
+    assert "sparse: missing val/loss, train/samples, perf/elapsed_s" in text
+    assert "plot skipped: pld.png" in text
+    assert {p.name for p in written} >= {"loss_vs_time.png", "throughput.png"}
+    assert not (tmp_path / "out" / "pld.png").exists()
+
+
+def test_restart_rewrites_steps(tmp_path):
+    """A resumed run writes steps again into a new event file: the last value wins."""
+    write_run(tmp_path / "r", {"val/loss": [(2, 4.0), (4, 3.0)]})
+    write_run(tmp_path / "r", {"val/loss": [(4, 2.0), (6, 1.0)]})
+    series = report.load_run(tmp_path / "r").get("val/loss")
+    assert series.steps.tolist() == [2, 4, 6] and series.values.tolist() == [4.0, 2.0, 1.0]
+
+
+def test_no_events(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no TensorBoard event files" in capsys.readouterr().err
