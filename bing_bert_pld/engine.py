@@ -137,18 +137,13 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_scheduler_factory(setup: TrainingSetup, default_total_steps: Optional[int]):
+def lr_scheduler_factory(setup: TrainingSetup):
     """A callable DeepSpeed calls with its optimizer (works for fused and client ones)."""
     spec = setup.lr_schedule
     if spec is None:
         return None
     function, _, _ = lr_schedules.SCHEDULES[spec.name]
     params = dict(spec.params)
-    if params.get("total_steps") is None:
-        if default_total_steps is None:
-            raise ValueError(f"{setup.source}: scheduler {spec.name} needs params.total_steps "
-                             "or a --max_steps on the command line")
-        params["total_steps"] = default_total_steps
 
     def build(optimizer):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: function(step, **params))
@@ -159,7 +154,10 @@ def lr_scheduler_factory(setup: TrainingSetup, default_total_steps: Optional[int
 def init_distributed() -> None:
     """Initialize torch.distributed: NCCL with CUDA, gloo on CPU ranks."""
     import deepspeed
+    import torch.distributed as dist
 
+    if dist.is_initialized():
+        return
     if "RANK" not in os.environ:  # a plain `python -m` run: one process
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                           MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
@@ -180,8 +178,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def initialize_engine(model: nn.Module, setup: TrainingSetup,
-                      default_total_steps: Optional[int] = None):
+def initialize_engine(model: nn.Module, setup: TrainingSetup):
     """deepspeed.initialize with our optimizer / scheduler choices; returns the engine."""
     import deepspeed
 
@@ -191,7 +188,7 @@ def initialize_engine(model: nn.Module, setup: TrainingSetup,
         model_parameters=None if optimizer is not None else decay_groups(
             model, setup.deepspeed.get("optimizer", {}).get("params", {}).get("weight_decay", 0.0)),
         optimizer=optimizer,
-        lr_scheduler=lr_scheduler_factory(setup, default_total_steps),
+        lr_scheduler=lr_scheduler_factory(setup),
         config=setup.deepspeed,
     )
     return engine

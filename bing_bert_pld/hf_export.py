@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +44,7 @@ from .pretrained import CheckpointError, Pretrained, read_pretrained
 WEIGHTS = "model.safetensors"
 NSP_HEAD = "nsp_head.safetensors"
 EXPORT_META = "bing_bert_pld.json"
+VOCAB = "vocab.txt"
 FORMAT_VERSION = 1
 
 ROBERTA_PREFIX = "roberta_prelayernorm."
@@ -231,6 +233,9 @@ def export(pretrained: Pretrained, out_dir: str | Path, vocab_file: Optional[str
     if nsp:
         save_file(_contiguous(nsp), out_dir / NSP_HEAD, metadata={"format": "pt"})
     tokenizer.save_pretrained(out_dir)
+    # transformers 5 saves tokenizer.json only; vocab.txt is what data_prep and import read.
+    if vocab_file.resolve() != (out_dir / VOCAB).resolve():
+        shutil.copyfile(vocab_file, out_dir / VOCAB)
     meta = {"format_version": FORMAT_VERSION, "model_config": config.to_dict(),
             "lowercase": lowercase, "source": pretrained.source,
             "position_offset": position_offset(config) if config.pre_layer_norm else 0,
@@ -266,7 +271,7 @@ def import_hf(directory: str | Path) -> Pretrained:
                               "next-sentence head, so this project saves it there")
         nsp = load_file(nsp_path)
     state_dict = from_hf_state_dict(config, load_file(weights), nsp)
-    vocab = directory / "vocab.txt"
+    vocab = directory / VOCAB
     lowercase = meta.get("lowercase")
     tokenizer_config = directory / "tokenizer_config.json"
     if lowercase is None and tokenizer_config.is_file():

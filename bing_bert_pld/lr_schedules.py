@@ -29,11 +29,14 @@ def warmup_poly_decay(step: int, total_steps: int, warmup_proportion: float,
     return end_ratio + (1.0 - end_ratio) * (1.0 - progress) ** power
 
 
-# name in the DeepSpeed JSON -> (function, required params, optional params with defaults)
+# name in the DeepSpeed JSON -> (function, required params, optional params with defaults).
+# total_steps is required, not taken from --max_steps: a run stopped and resumed with
+# another stopping rule must keep the same schedule.
 SCHEDULES = {
-    "WarmupExpDecay": (warmup_exp_decay, ("warmup_proportion", "decay_rate", "decay_steps"),
-                       {"warmup_degree": 2.0, "total_steps": None}),
-    "WarmupPolyDecay": (warmup_poly_decay, ("warmup_proportion",),
-                        {"power": 1.0, "end_ratio": 0.0, "total_steps": None}),
+    "WarmupExpDecay": (warmup_exp_decay,
+                       ("total_steps", "warmup_proportion", "decay_rate", "decay_steps"),
+                       {"warmup_degree": 2.0}),
+    "WarmupPolyDecay": (warmup_poly_decay, ("total_steps", "warmup_proportion"),
+                        {"power": 1.0, "end_ratio": 0.0}),
 }
 

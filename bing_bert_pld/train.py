@@ -121,8 +121,7 @@ class Trainer:
         self._check_vocab()
 
         torch.manual_seed(args.seed + self.rank)  # dropout differs per rank, gates do not
-        self.engine = initialize_engine(BertForPreTraining(self.model_config), self.setup,
-                                        default_total_steps=args.max_steps)
+        self.engine = initialize_engine(BertForPreTraining(self.model_config), self.setup)
         self.pld = PLDHook(self.engine, self.setup.pld, args.seed) if self.setup.pld else None
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.accumulation = self.engine.gradient_accumulation_steps()

@@ -31,7 +31,7 @@ from data_prep.pairs import PairBuilder
 from data_prep.parallel import run_parallel
 from data_prep.records import SPLITS, record_dtype
 from data_prep.sentences import PLAN_FILE as SENTENCES_PLAN, summarize, unit_text_path
-from data_prep.tokenizer import encode, load_tokenizer
+from data_prep.tokenizer import WordEncoder, load_tokenizer
 from data_prep.vocab import CLS, MASK, SEP, Vocab, load_vocab
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,9 @@ def unit_stats_path(out_dir: Path, index: int) -> Path:
     return out_dir / f"unit_{index:05d}.json"
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_tokenizer(vocab_path: str, lowercase: bool):
-    return load_tokenizer(Path(vocab_path), lowercase)
+@functools.lru_cache(maxsize=1)
+def _cached_encoder(vocab_path: str, lowercase: bool) -> WordEncoder:
+    return WordEncoder(load_tokenizer(Path(vocab_path), lowercase))
 
 
 @functools.lru_cache(maxsize=2)
@@ -180,8 +180,7 @@ def process_unit(task: InstanceUnitTask) -> dict:
     text = Path(task.text_path).read_text(encoding="utf-8")
     documents = [doc.split("\n") for doc in text.split("\n\n") if doc]
     validation = [py_rng.random() < config.validation_fraction for _ in documents]
-    flat, lengths = encode(_cached_tokenizer(task.vocab_path, task.lowercase),
-                           [s for doc in documents for s in doc])
+    flat, lengths = _cached_encoder(task.vocab_path, task.lowercase).encode([s for doc in documents for s in doc])
     # Sentences that tokenize to nothing are removed, then documents left empty.
     nonempty = lengths > 0
     doc_of_sentence = np.repeat(np.arange(len(documents)), [len(d) for d in documents])

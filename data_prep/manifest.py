@@ -26,39 +26,37 @@ VOCAB_KEYS = ("vocab_size", "vocab_sha256")
 
 def request_from_plan(plan: dict, shard_settings: dict) -> dict:
     """The request half of the manifest, from the instances stage's plan."""
-    config = plan["config"]
     sentences = plan["sentences"]
-    inputs = []
-    for name in sorted(sentences["sources"]):
-        source = sentences["sources"][name]
-        # A wikiextractor directory made by `extract` names the dump it came from.
-        for item in (source["origin"] or source)["inputs"]:
-            inputs.append({"source": name, "name": item["name"], "size": item["size"]})
+    # A wikiextractor directory made by `extract` names the dump it came from.
+    sources = {name: source["origin"] or source for name, source in sentences["sources"].items()}
+    return build_request(plan["config"], plan["lowercase"], plan["vocab"], sentences["cleaning"], sources,
+                         shard_settings)
+
+
+def build_request(instance_config: dict, lowercase: bool, vocab: dict, cleaning: dict, sources: dict,
+                  shard_settings: dict) -> dict:
+    """sources: name -> {"kind", "path", "inputs": [{"name", "size"}]}; vocab: {"size", "sha256"}."""
     return {
         "format_version": FORMAT_VERSION,
-        "seq_len": config["seq_len"],
-        "max_pred": config["max_pred"],
-        "vocab_size": plan["vocab"]["size"],
-        "vocab_sha256": plan["vocab"]["sha256"],
-        "lowercase": plan["lowercase"],
-        "masking": config["masking"],
-        "seed": config["seed"],
+        "seq_len": instance_config["seq_len"],
+        "max_pred": instance_config["max_pred"],
+        "vocab_size": vocab["size"],
+        "vocab_sha256": vocab["sha256"],
+        "lowercase": lowercase,
+        "masking": instance_config["masking"],
+        "seed": instance_config["seed"],
         "build": {
-            "duplication_factor": config["duplication"],
-            "short_seq_prob": config["short_seq_prob"],
-            "validation_fraction": config["validation_fraction"],
-            "bucket_mb": config["bucket_mb"],
-            "cleaning": sentences["cleaning"],
-            "sources": {name: _origin_kind_path(s) for name, s in sorted(sentences["sources"].items())},
+            "duplication_factor": instance_config["duplication"],
+            "short_seq_prob": instance_config["short_seq_prob"],
+            "validation_fraction": instance_config["validation_fraction"],
+            "bucket_mb": instance_config["bucket_mb"],
+            "cleaning": cleaning,
+            "sources": {name: {"kind": s["kind"], "path": s["path"]} for name, s in sorted(sources.items())},
             "shards": shard_settings,
         },
-        "inputs": inputs,
+        "inputs": [{"source": name, "name": item["name"], "size": item["size"]}
+                   for name, s in sorted(sources.items()) for item in s["inputs"]],
     }
-
-
-def _origin_kind_path(source: dict) -> dict:
-    origin = source["origin"] or source
-    return {"kind": origin["kind"], "path": origin["path"]}
 
 
 def check_output_dir(out_dir: Path, request: dict, ignore: tuple[str, ...] = ()) -> None:

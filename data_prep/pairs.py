@@ -86,15 +86,17 @@ class PairBuilder:
 
 
 def _truncate_pair(a_lo: int, a_hi: int, b_lo: int, b_hi: int, max_tokens: int, rng: random.Random):
-    """Trim the longer segment, one token at a time from a random end, until both fit."""
-    while (a_hi - a_lo) + (b_hi - b_lo) > max_tokens:
-        if a_hi - a_lo > b_hi - b_lo:
-            if rng.random() < 0.5:
-                a_lo += 1
-            else:
-                a_hi -= 1
-        elif rng.random() < 0.5:
-            b_lo += 1
-        else:
-            b_hi -= 1
-    return a_lo, a_hi, b_lo, b_hi
+    """Trim until both fit, as BERT does: one token at a time from the longer segment
+    (B on ties), from its front or back by a fair coin.
+
+    Done in closed form: that loop leaves A with min(len_a, max(max - len_b,
+    ceil(max / 2))) tokens, and the number of front trims of a segment that loses n
+    tokens is Binomial(n, 1/2), the popcount of n random bits."""
+    len_a, len_b = a_hi - a_lo, b_hi - b_lo
+    if len_a + len_b <= max_tokens:
+        return a_lo, a_hi, b_lo, b_hi
+    keep_a = min(len_a, max(max_tokens - len_b, (max_tokens + 1) // 2))
+    cut_a, cut_b = len_a - keep_a, len_a + len_b - max_tokens - (len_a - keep_a)
+    front_a = rng.getrandbits(cut_a).bit_count()
+    front_b = rng.getrandbits(cut_b).bit_count()
+    return a_lo + front_a, a_hi - (cut_a - front_a), b_lo + front_b, b_hi - (cut_b - front_b)

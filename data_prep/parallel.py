@@ -28,7 +28,7 @@ def run_parallel(
     desc: str,
     progress_of: Callable[[object], tuple[float, dict]],
     total: float,
-    unit: str = "MB",
+    unit: str = "B",
     show_progress: bool = True,
 ) -> list:
     """Apply `worker` to each task; return results in task order.

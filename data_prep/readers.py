@@ -17,6 +17,7 @@ import collections
 import gzip
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -53,7 +54,10 @@ def read_documents(kind: str, piece: Piece, counts: ReadCounts) -> Iterator[list
     with _open(piece.path) as f:
         first_line = _seek_first_line(f, piece.start)
         fmt = _format(kind, f, first_line)
-        records = _records(_lines(f, first_line), fmt, piece.end)
+        # A file read whole has no end offset to stop at (a compressed file's size is
+        # not its length once decompressed).
+        end = piece.end if is_splittable(kind, Path(piece.path)) else math.inf
+        records = _records(_lines(f, first_line), fmt, end)
         if fmt == BLANK and first_line > 0 and not _previous_line_blank(f, first_line):
             records = _skip_record_at(records, first_line)
         for _, raw_lines in records:
@@ -101,7 +105,7 @@ def _lines(f: BinaryIO, position: int) -> Iterator[tuple[int, bytes]]:
         position += len(raw)
 
 
-def _records(lines, fmt: str, end: int) -> Iterator[tuple[int, list[bytes]]]:
+def _records(lines, fmt: str, end: float) -> Iterator[tuple[int, list[bytes]]]:
     """Group lines into (start offset, lines) records, stopping at the first record
     that starts at or after `end` (it belongs to the next piece)."""
     current: tuple[int, list[bytes]] | None = None

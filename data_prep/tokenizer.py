@@ -17,7 +17,7 @@ from data_prep.errors import DataPrepError
 from data_prep.fsutil import atomic_path
 from data_prep.vocab import SPECIAL_TOKENS, UNK
 
-_ENCODE_BATCH = 4096  # sentences per call: bounds the memory of Encoding objects
+_ENCODE_BATCH = 8192  # words per call: bounds the memory of Encoding objects
 
 
 def _bert_pipeline(tokenizer: Tokenizer, lowercase: bool) -> Tokenizer:
@@ -31,15 +31,57 @@ def load_tokenizer(vocab_path: Path, lowercase: bool) -> Tokenizer:
     return _bert_pipeline(Tokenizer(models.WordPiece.from_file(str(vocab_path), unk_token=UNK)), lowercase)
 
 
-def encode(tokenizer: Tokenizer, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of all sentences concatenated, and each sentence's token count."""
-    ids: list[list[int]] = []
-    for start in range(0, len(sentences), _ENCODE_BATCH):
-        batch = tokenizer.encode_batch_fast(sentences[start:start + _ENCODE_BATCH], add_special_tokens=False)
-        ids.extend(encoding.ids for encoding in batch)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    return flat, lengths
+class WordEncoder:
+    """Encodes sentences to token ids, tokenizing each distinct word only once.
+
+    HF tokenizers spends ~10 us per input, and text repeats its words: so words are
+    looked up in a cache (word -> its pieces) kept across calls, and only new words go
+    to the tokenizer. This gives the same ids as encoding whole sentences because the
+    BERT normalizer and pre-tokenizer act within words, and the cleaning stage left a
+    single space as the only whitespace (a test compares the two on real text).
+    The cache is emptied when it passes `max_words`, which bounds its memory.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_words: int = 500_000) -> None:
+        self.tokenizer = tokenizer
+        self.max_words = max_words
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index: dict[str, int] = {}
+        self.piece_counts = np.zeros(0, dtype=np.int64)
+        self.piece_ids = np.zeros(0, dtype=np.int32)
+
+    def encode(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of all sentences concatenated, and each sentence's token count."""
+        if len(self.index) > self.max_words:
+            self._reset()
+        words = " ".join(sentences).split(" ")
+        self._add([w for w in dict.fromkeys(words) if w not in self.index])
+        word_ids = np.fromiter(map(self.index.__getitem__, words), dtype=np.int64, count=len(words))
+
+        # Gather each word occurrence's pieces: a ragged take, done with repeat + arange.
+        piece_starts = np.cumsum(self.piece_counts) - self.piece_counts
+        counts = self.piece_counts[word_ids]
+        token_ends = np.cumsum(counts)
+        first = np.repeat(piece_starts[word_ids] - (token_ends - counts), counts)
+        flat = self.piece_ids[first + np.arange(int(token_ends[-1]) if len(words) else 0)]
+        words_per_sentence = np.fromiter((s.count(" ") + 1 for s in sentences), dtype=np.int64, count=len(sentences))
+        sentence_ends = token_ends[np.cumsum(words_per_sentence) - 1]
+        lengths = np.diff(sentence_ends, prepend=0)
+        return flat, lengths
+
+    def _add(self, new_words: list[str]) -> None:
+        pieces: list[list[int]] = []
+        for start in range(0, len(new_words), _ENCODE_BATCH):
+            batch = self.tokenizer.encode_batch_fast(new_words[start:start + _ENCODE_BATCH], add_special_tokens=False)
+            pieces.extend(encoding.ids for encoding in batch)
+        for word in new_words:
+            self.index[word] = len(self.index)
+        counts = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=int(counts.sum()))
+        self.piece_counts = np.concatenate([self.piece_counts, counts])
+        self.piece_ids = np.concatenate([self.piece_ids, ids])
 
 
 def train_vocab(files: list[Path], vocab_size: int, lowercase: bool, out_path: Path, show_progress: bool = True) -> None:

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from ..config import BertConfig, ConfigError
 from ..ds_config import TrainingSetup, build_training_setup, read_json, resolve_batch_sizes
 from ..engine import init_distributed, initialize_engine
+from ..lr_schedules import SCHEDULES
 from ..metrics_log import LOG, make_sink, setup_console_logging
 from ..pretrained import read_pretrained
 from .data import GlueDataset, build_tokenizer, encode, get_task, read_split
@@ -75,12 +76,22 @@ class FinetuneSettings:
         return settings
 
 
-def read_finetune_config(path: str | Path, cuda_available: bool
+def read_finetune_config(path: str | Path, cuda_available: bool, total_steps: int = 1
                          ) -> tuple[FinetuneSettings, TrainingSetup]:
+    """The "glue" block, and DeepSpeed's part with the schedule's total_steps filled in
+    (the number of optimizer steps follows from the data and glue.epochs, so the file
+    must not set it; the default 1 only serves to validate the file early)."""
     values = read_json(path)
     settings = FinetuneSettings.from_dict(values.get(GLUE_KEY, {}), str(path))
-    setup = build_training_setup({k: v for k, v in values.items() if k != GLUE_KEY},
-                                 str(path), cuda_available)
+    ds = {key: value for key, value in values.items() if key != GLUE_KEY}
+    scheduler = ds.get("scheduler")
+    if isinstance(scheduler, dict) and scheduler.get("type") in SCHEDULES:
+        params = dict(scheduler.get("params", {}))
+        if "total_steps" in params:
+            raise ConfigError(f"{path}: scheduler.params.total_steps is computed from the data "
+                              f"and {GLUE_KEY}.epochs in fine-tuning; remove it")
+        ds["scheduler"] = {**scheduler, "params": {**params, "total_steps": total_steps}}
+    setup = build_training_setup(ds, str(path), cuda_available)
     if setup.pld is not None:
         raise ConfigError(f"{path}: progressive_layer_drop is enabled, but fine-tuning runs "
                           "every layer; remove the block or set enabled to false")
@@ -157,7 +168,9 @@ class Finetuner:
         if self.total_steps == 0:
             raise ConfigError(f"{len(self.train_set)} training examples make no optimizer step "
                               f"with batch {batches['train_batch_size']}")
-        self.engine = initialize_engine(model, self.setup, default_total_steps=self.total_steps)
+        _, self.setup = read_finetune_config(args.deepspeed_config, torch.cuda.is_available(),
+                                             self.total_steps)
+        self.engine = initialize_engine(model, self.setup)
         torch.manual_seed(args.seed + self.rank)  # dropout differs per rank
         self.sampler = torch.utils.data.DistributedSampler(
             self.train_set, num_replicas=self.world_size, rank=self.rank, shuffle=True,

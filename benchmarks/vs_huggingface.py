@@ -1,0 +1,135 @@
+"""Our BertForPreTraining (PLD off) vs Hugging Face transformers' BertForPreTraining.
+
+    python -m benchmarks.vs_huggingface [--model-config bert-base] [--batch-size 4] [--reps 5]
+
+Same size, batch and precision, in one process. Our model is built Post-LN
+(pre_layer_norm=false), which is HF BERT's block, and loads HF's state dict as is
+(parameter names are HF's; HF's `cls.predictions.decoder.bias` is its tied copy of
+`cls.predictions.bias`). First the numerics: both models in eval mode on the same batch
+must give the same loss. Then training steps (forward, backward, AdamW) alternate
+(ABBA order), and the ratio of median step times is the samples/s ratio.
+
+HF runs its "sdpa" attention (its fastest built-in). Its MLM head is dense: every
+position goes through the transform and the vocabulary decoder, while ours gathers the
+masked positions first, which is most of the difference in FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import transformers
+
+from bing_bert_pld import flops
+from bing_bert_pld.model import BertForPreTraining
+
+from .common import (add_common_args, compile_encoder_layers, describe_machine,
+                     make_optimizer, median, mfu_line, setup_from_args, synthetic_batch,
+                     timed_step)
+
+HF_TIED_ONLY = ("cls.predictions.decoder.bias",)  # HF's alias of cls.predictions.bias
+LOSS_TOLERANCE = 1e-4  # fp32; reductions run in a different order in the two models
+
+
+def hf_model_like(config, device) -> torch.nn.Module:
+    hf_config = transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
+        initializer_range=config.initializer_range, pad_token_id=config.pad_token_id,
+        attn_implementation="sdpa")
+    return transformers.BertForPreTraining(hf_config).to(device)
+
+
+def hf_labels(batch, seq_len: int) -> torch.Tensor:
+    """HF's dense MLM labels: the masked id at each masked position, -100 elsewhere."""
+    labels = torch.full((batch.size, seq_len), -100, dtype=torch.long,
+                        device=batch.input_ids.device)
+    real = batch.masked_lm_positions != 0
+    rows = torch.arange(batch.size, device=labels.device)[:, None].expand_as(real)
+    labels[rows[real], batch.masked_lm_positions[real]] = batch.masked_lm_ids[real]
+    return labels
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser, batch_size=4, reps=5)
+    args = parser.parse_args(argv)
+    setup = setup_from_args(args, pre_layer_norm=False)  # HF BERT is Post-LN
+    config, device = setup.config, setup.device
+
+    hf = hf_model_like(config, device)
+    ours = BertForPreTraining(config).to(device)
+    state = {k: v for k, v in hf.state_dict().items() if k not in HF_TIED_ONLY}
+    ours.load_state_dict(state, strict=True)
+
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = synthetic_batch(config, args.batch_size, args.seq_len, args.max_pred,
+                            generator).to(device)
+    labels = hf_labels(batch, args.seq_len)
+
+    def hf_forward():
+        return hf(input_ids=batch.input_ids, attention_mask=batch.input_mask,
+                  token_type_ids=batch.segment_ids, labels=labels,
+                  next_sentence_label=batch.next_sentence_labels).loss
+
+    def ours_forward():
+        return ours(batch).loss
+
+    # Numerics first, in fp32 and eval mode (no dropout): the same weights, the same loss.
+    ours.eval(), hf.eval()
+    with torch.no_grad():
+        loss_ours, loss_hf = ours_forward().item(), hf_forward().item()
+    difference = abs(loss_ours - loss_hf)
+
+    if args.compile_layers:
+        compile_encoder_layers(ours.bert.encoder.layer)
+        compile_encoder_layers(hf.bert.encoder.layer)
+    ours.train(), hf.train()
+    sides = {"ours": (ours_forward, make_optimizer(ours, device)),
+             "hf": (hf_forward, make_optimizer(hf, device))}
+    for _ in range(args.warmup):
+        for forward, optimizer in sides.values():
+            timed_step(setup, forward, optimizer)
+    times = {name: [] for name in sides}
+    order = list(sides)
+    for rep in range(args.reps):
+        for name in (order if rep % 2 == 0 else order[::-1]):
+            times[name].append(timed_step(setup, *sides[name]))
+
+    t = {name: median([s.total for s in steps]) for name, steps in times.items()}
+    fb = {name: median([s.forward_backward for s in steps]) for name, steps in times.items()}
+    f_ours = flops.training_flops_per_sequence(config, args.seq_len, args.max_pred)
+    f_hf = flops.training_flops_per_sequence(config, args.seq_len, args.seq_len)  # dense head
+    print(f"machine: {describe_machine(setup)}")
+    print(f"model: {args.model_config} Post-LN (L={config.num_hidden_layers}, "
+          f"H={config.hidden_size}), seq {args.seq_len}, max_pred {args.max_pred}, batch "
+          f"{args.batch_size}, {setup.dtype_name}, compile-layers "
+          f"{'on' if args.compile_layers else 'off'}, transformers {transformers.__version__}, "
+          f"{args.reps} reps per side")
+    print(f"numerics (fp32, eval, same weights and batch): loss ours {loss_ours:.6f}, "
+          f"HF {loss_hf:.6f}, |difference| {difference:.2e} "
+          f"({'equal' if difference <= LOSS_TOLERANCE else 'NOT equal'} within {LOSS_TOLERANCE:g})")
+    for name, label in (("ours", "ours"), ("hf", "HF  ")):
+        print(f"{label}: median step {t[name]:.3f} s (fwd+bwd {fb[name]:.3f}), "
+              f"{args.batch_size / t[name]:.2f} samples/s")
+    print(f"training FLOPs per sequence: ours {f_ours / 1e9:.2f} G (sparse MLM head), HF "
+          f"{f_hf / 1e9:.2f} G (dense head): FLOPs ratio {f_hf / f_ours:.3f}")
+    print(f"samples/s ours / HF: {t['hf'] / t['ours']:.3f}x (forward+backward only "
+          f"{fb['hf'] / fb['ours']:.3f}x; target >= 1.3x CPU, >= 1.5x GPU)")
+    for line in (mfu_line(setup, f_ours, args.batch_size / t["ours"], "ours"),
+                 mfu_line(setup, f_hf, args.batch_size / t["hf"], "HF (its dense-head FLOPs)")):
+        if line:
+            print(line)
+    return 0 if difference <= LOSS_TOLERANCE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

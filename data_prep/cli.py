@@ -1,0 +1,220 @@
+"""`python -m data_prep <stage>` (or `bbp-data <stage>`): one command per stage, and `all`.
+
+Exit status: 0 success, 1 `verify` found defects, 2 a usage or input error (printed
+as one line; nothing was written for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from data_prep.cleaning import CleaningConfig
+from data_prep.errors import DataPrepError
+from data_prep.extract import extract_wikipedia
+from data_prep.instances import InstanceConfig, plan_instances, run_instances
+from data_prep.masking import MaskingConfig
+from data_prep.pipeline import PipelineConfig, run_all
+from data_prep.sentences import plan_sentences, run_sentences, unit_text_path, PLAN_FILE as SENTENCES_PLAN
+from data_prep.shards import ShardConfig, run_shards
+from data_prep.sources import check_sources, parse_source
+from data_prep.fsutil import read_json
+from data_prep.tokenizer import train_vocab
+from data_prep.verify import verify
+from data_prep.vocab import load_vocab
+
+_DEFAULTS = InstanceConfig()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except DataPrepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    p = stages.add_parser("extract", help="Wikipedia XML dump -> wikiextractor JSON (runs wikiextractor)")
+    p.add_argument("--input", type=Path, required=True, help="dump file (.xml or .xml.bz2)")
+    p.add_argument("--output", type=Path, required=True, help="directory for the extracted JSON")
+    _add_run_options(p)
+    p.set_defaults(run=_run_extract)
+
+    p = stages.add_parser("sentences", help="sources -> cleaned, sentence-split text units")
+    _add_source_options(p)
+    p.add_argument("--output", type=Path, required=True)
+    _add_run_options(p)
+    p.set_defaults(run=_run_sentences)
+
+    p = stages.add_parser("vocab", help="train a WordPiece vocab.txt on a sentences directory")
+    p.add_argument("--sentences", type=Path, required=True)
+    p.add_argument("--vocab-size", type=int, required=True)
+    _add_lowercase(p)
+    p.add_argument("--output", type=Path, required=True, help="vocab.txt to write")
+    _add_run_options(p)
+    p.set_defaults(run=_run_vocab)
+
+    p = stages.add_parser("instances", help="sentences -> tokenized, paired, masked instance records")
+    p.add_argument("--sentences", type=Path, required=True)
+    p.add_argument("--vocab", type=Path, required=True)
+    _add_lowercase(p)
+    _add_instance_options(p)
+    p.add_argument("--output", type=Path, required=True)
+    _add_run_options(p)
+    p.set_defaults(run=_run_instances)
+
+    p = stages.add_parser("shards", help="instance records -> shuffled HDF5 shards + manifest")
+    p.add_argument("--instances", type=Path, required=True)
+    _add_shard_options(p)
+    p.add_argument("--output", type=Path, required=True)
+    _add_run_options(p)
+    p.set_defaults(run=_run_shards)
+
+    p = stages.add_parser("verify", help="check a shard set (ours or NVIDIA's); exit 1 on a defect")
+    p.add_argument("path", type=Path, help="output directory, split directory or one shard")
+    p.add_argument("--vocab", type=Path, help="vocab.txt (default: the one beside the manifest)")
+    p.add_argument("--vocab-size", type=int, help="when no vocab.txt is at hand")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=_run_verify)
+
+    p = stages.add_parser("all", help="the whole pipeline: sources -> verified shards")
+    _add_source_options(p)
+    vocab = p.add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocab", type=Path, help="a bert-base compatible vocab.txt")
+    vocab.add_argument("--vocab-size", type=int, help="train a vocabulary of this size on the corpus")
+    _add_lowercase(p)
+    _add_instance_options(p)
+    _add_shard_options(p)
+    p.add_argument("--output", type=Path, required=True, help="where train/, validation/, manifest.json go")
+    p.add_argument("--work-dir", type=Path, help="intermediate files (default: OUTPUT/work); reusable across runs")
+    _add_run_options(p)
+    p.set_defaults(run=_run_all)
+    return parser
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def _add_lowercase(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
+                   help="lowercase and strip accents, as bert-base-uncased (default: on)")
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", dest="sources", action="append", required=True, type=_source_argument,
+                   metavar="[NAME=]KIND:PATH",
+                   help="repeatable; KIND is wiki-xml, wikiextractor, books, text or jsonl")
+    cleaning = CleaningConfig()
+    p.add_argument("--min-line-words", type=int, default=cleaning.min_line_words,
+                   help="shorter lines are headings and are dropped (default: %(default)s)")
+    p.add_argument("--min-doc-words", type=int, default=cleaning.min_doc_words,
+                   help="shorter documents are dropped (default: %(default)s)")
+    p.add_argument("--unit-mb", type=float, default=8.0, help="input MB per work unit (default: %(default)s)")
+
+
+def _source_argument(text: str):
+    try:
+        return parse_source(text)
+    except DataPrepError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_instance_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seq-len", type=int, default=_DEFAULTS.seq_len, help="max_seq_length (128 or 512)")
+    p.add_argument("--max-pred", type=int, default=_DEFAULTS.max_pred, help="max_predictions_per_seq (20 or 80)")
+    p.add_argument("--duplication", type=int, default=_DEFAULTS.duplication, help="dupe factor (default: %(default)s)")
+    p.add_argument("--short-seq-prob", type=float, default=_DEFAULTS.short_seq_prob)
+    p.add_argument("--masked-lm-prob", type=float, default=MaskingConfig().probability)
+    p.add_argument("--whole-word-mask", action="store_true", help="mask whole words, not single word pieces")
+    p.add_argument("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction,
+                   help="fraction of documents held out (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--bucket-mb", type=int, default=_DEFAULTS.bucket_mb,
+                   help="text MB x duplication per shuffle bucket; bounds the shard stage's memory")
+
+
+def _add_shard_options(p: argparse.ArgumentParser) -> None:
+    defaults = ShardConfig()
+    p.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard,
+                   help="target rows per shard; all shards get the same size (default: %(default)s)")
+    p.add_argument("--compression", choices=("gzip", "lzf"), help="compress shards (default: none)")
+    p.add_argument("--chunk-rows", type=int, default=defaults.chunk_rows, help="rows per chunk when compressed")
+
+
+def _cleaning(args) -> CleaningConfig:
+    return CleaningConfig(min_line_words=args.min_line_words, min_doc_words=args.min_doc_words)
+
+
+def _instance_config(args) -> InstanceConfig:
+    masking = MaskingConfig(probability=args.masked_lm_prob, whole_word=args.whole_word_mask)
+    return InstanceConfig(seq_len=args.seq_len, max_pred=args.max_pred, duplication=args.duplication,
+                          short_seq_prob=args.short_seq_prob, validation_fraction=args.validation_fraction,
+                          seed=args.seed, masking=masking, bucket_mb=args.bucket_mb)
+
+
+def _shard_config(args) -> ShardConfig:
+    return ShardConfig(rows_per_shard=args.rows_per_shard, compression=args.compression, chunk_rows=args.chunk_rows)
+
+
+def _run_extract(args) -> int:
+    extract_wikipedia(args.input, args.output, args.processes, args.progress)
+    return 0
+
+
+def _run_sentences(args) -> int:
+    check_sources(args.sources)
+    plan = plan_sentences(args.sources, _cleaning(args), int(args.unit_mb * (1 << 20)))
+    counts = run_sentences(plan, args.output, args.processes, args.progress)
+    print(json.dumps(counts, indent=1))
+    return 0
+
+
+def _run_vocab(args) -> int:
+    plan = read_json(args.sentences / SENTENCES_PLAN)
+    units = [unit_text_path(args.sentences, i) for i in range(len(plan["units"]))]
+    train_vocab(units, args.vocab_size, args.lowercase, args.output, args.progress)
+    return 0
+
+
+def _run_instances(args) -> int:
+    vocab = load_vocab(args.vocab)
+    plan = plan_instances(args.sentences, vocab, args.lowercase, _instance_config(args))
+    run_instances(plan, vocab, args.output, args.processes, args.progress)
+    return 0
+
+
+def _run_shards(args) -> int:
+    run_shards(args.instances, args.output, _shard_config(args), args.processes, args.progress)
+    return _run_verify(argparse.Namespace(path=args.output, vocab=None, vocab_size=None, json=False))
+
+
+def _run_verify(args) -> int:
+    report = verify(args.path, vocab=args.vocab, vocab_size=args.vocab_size)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "shards": report.shards, "stats": report.stats,
+                          "defects": [vars(d) for d in report.defects]}, indent=1))
+    else:
+        print(report.format())
+    return 0 if report.ok else 1
+
+
+def _run_all(args) -> int:
+    config = PipelineConfig(
+        sources=tuple(args.sources), out_dir=args.output, vocab=args.vocab, vocab_size=args.vocab_size,
+        lowercase=args.lowercase, work_dir=args.work_dir, cleaning=_cleaning(args), unit_mb=args.unit_mb,
+        instances=_instance_config(args), shards=_shard_config(args), processes=args.processes,
+        show_progress=args.progress)
+    run_all(config)
+    return 0

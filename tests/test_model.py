@@ -1,0 +1,204 @@
+"""The model: PLD gates, full-depth evaluation, checkpointing, attention and heads."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bing_bert_pld import pld
+from bing_bert_pld.batch import PretrainingBatch
+from bing_bert_pld.config import BertConfig, ConfigError
+from bing_bert_pld.model import BertForPreTraining
+
+TINY = BertConfig.from_json("bert-tiny")
+
+
+def make_batch(config=TINY, batch=4, seq=16, preds=4, seed=0) -> PretrainingBatch:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, config.vocab_size, (batch, seq), generator=g)
+    lengths = torch.tensor([seq, seq - 3, seq - 6, seq][:batch])
+    input_mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    input_ids = input_ids * input_mask
+    segment_ids = ((torch.arange(seq)[None, :] >= lengths[:, None] // 2) & input_mask.bool()).long()
+    positions = torch.stack([torch.sort(torch.randperm(int(n) - 1, generator=g)[:preds] + 1).values
+                             for n in lengths])
+    positions[1, -1] = 0  # one padded prediction slot
+    masked_ids = torch.randint(5, config.vocab_size, (batch, preds), generator=g) * (positions != 0)
+    return PretrainingBatch(input_ids, input_mask, segment_ids, positions, masked_ids,
+                            torch.tensor([0, 1, 1, 0][:batch]))
+
+
+def model_for(config=TINY, seed=0, **changes) -> BertForPreTraining:
+    torch.manual_seed(seed)
+    return BertForPreTraining(config.replace(**changes))
+
+
+def count_layer_calls(model):
+    """Counts each layer's forward runs, recomputation included (hooks miss that one)."""
+    calls = [0] * len(model.bert.encoder.layer)
+    for index, layer in enumerate(model.bert.encoder.layer):
+        def counted(*args, _forward=layer.forward, _index=index):
+            calls[_index] += 1
+            return _forward(*args)
+        layer.forward = counted
+    return calls
+
+
+def test_theta_one_gives_exactly_the_forward_without_pld():
+    model = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    batch = make_batch()
+    plain = model(batch)
+    gated = model(batch, layer_gates=pld.sample_gates(1.0, TINY.num_hidden_layers, 0, 0, 0))
+    assert torch.equal(plain.loss, gated.loss)
+
+
+def test_dropped_layers_are_never_called_and_kept_ones_are_scaled():
+    model = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    calls = count_layer_calls(model)
+    gates = pld.LayerGates(keep=(True, False, True, False), keep_prob=(0.9, 0.8, 0.7, 0.6))
+    out = model(make_batch(), layer_gates=gates)
+    assert calls == [1, 0, 1, 0]
+    out.loss.backward()
+    dropped = model.bert.encoder.layer[1]
+    assert all(p.grad is None for p in dropped.parameters())  # no compute in backward either
+
+    # the same result by hand: x + (1/p) branch, for layers 0 and 2 only
+    batch = make_batch()
+    bert = model.bert
+    mask = batch.input_mask.bool()[:, None, None, :]
+    x = bert.embeddings(batch.input_ids, batch.segment_ids)
+    for index, p in ((0, 0.9), (2, 0.7)):
+        x = bert.encoder.layer[index](x, mask, 1 / p)
+    manual = bert.encoder.final_layer_norm(x)
+    encoder_out, _ = bert(batch.input_ids, batch.segment_ids, batch.input_mask, gates)
+    assert torch.allclose(encoder_out, manual, atol=0, rtol=0)
+
+
+def test_branch_scale_multiplies_both_sublayers():
+    model = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    layer = model.bert.encoder.layer[0]
+    x = torch.randn(2, 8, TINY.hidden_size)
+    mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)
+    attn = layer.attention.output(layer.attention.self(layer.attention.output.LayerNorm(x), mask))
+    h = x + 2.5 * attn
+    expected = h + 2.5 * layer.output(layer.intermediate(layer.output.LayerNorm(h)))
+    assert torch.allclose(layer(x, mask, 2.5), expected, atol=1e-6)
+
+
+def test_eval_is_full_depth_and_deterministic_even_with_gates():
+    model = model_for()  # dropout on: eval must switch it off
+    calls = count_layer_calls(model)
+    model.eval()
+    batch = make_batch()
+    dropped_all = pld.LayerGates(keep=(False,) * 4, keep_prob=(0.5,) * 4)
+    with torch.no_grad():
+        first = model(batch, layer_gates=dropped_all)
+        second = model(batch)
+    assert calls == [2, 2, 2, 2]
+    assert torch.equal(first.loss, second.loss)
+    assert model.consumed_layer_gates is None
+
+
+def test_model_records_the_gates_it_consumed():
+    model = model_for().train()
+    gates = pld.sample_gates(0.5, 4, 0, 0, 0)
+    model(make_batch(), layer_gates=gates)
+    assert model.consumed_layer_gates is gates
+
+
+def test_activation_checkpointing_respects_gates_and_matches_gradients():
+    plain = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    ckpt = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     activation_checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    calls = count_layer_calls(ckpt)
+    gates = pld.LayerGates(keep=(False, True, True, False), keep_prob=(0.9, 0.8, 0.7, 0.6))
+    batch = make_batch()
+    loss_plain = plain(batch, layer_gates=gates).loss
+    loss_ckpt = ckpt(batch, layer_gates=gates).loss
+    loss_plain.backward()
+    loss_ckpt.backward()
+    # kept layers run twice (forward + recompute in backward), dropped ones never
+    assert calls == [0, 2, 2, 0]
+    assert torch.equal(loss_plain, loss_ckpt)
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_sdpa_attention_equals_manual_softmax_attention():
+    model = model_for(attention_probs_dropout_prob=0.0).eval()
+    attention = model.bert.encoder.layer[0].attention.self
+    x = torch.randn(2, 10, TINY.hidden_size)
+    mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
+    mask[1, ..., 7:] = False
+    heads = lambda t: t.view(2, 10, TINY.num_attention_heads, TINY.head_dim).transpose(1, 2)
+    q, k, v = heads(attention.query(x)), heads(attention.key(x)), heads(attention.value(x))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(TINY.head_dim)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    manual = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 10, -1)
+    assert torch.allclose(attention(x, mask), manual, atol=1e-5)
+
+
+def test_sparse_mlm_loss_equals_dense_loss_over_all_positions():
+    model = model_for().eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+        sequence, pooled = model.bert(batch.input_ids, batch.segment_ids, batch.input_mask)
+        logits = model.cls.predictions(sequence)  # every position: (B, T, V)
+        labels = torch.full(batch.input_ids.shape, -100)
+        for row in range(batch.size):
+            for pos, label in zip(batch.masked_lm_positions[row], batch.masked_lm_ids[row]):
+                if pos != 0:
+                    labels[row, pos] = label
+        dense = F.cross_entropy(logits.view(-1, TINY.vocab_size), labels.view(-1), ignore_index=-100)
+        nsp = F.cross_entropy(model.cls.seq_relationship(pooled), batch.next_sentence_labels)
+    assert out.mlm_count.item() == int((labels != -100).sum()) == 15
+    assert torch.allclose(out.mlm_loss, dense, atol=1e-6)
+    assert torch.allclose(out.loss, dense + nsp, atol=1e-6)
+
+
+def test_decoder_is_tied_to_word_embeddings():
+    model = model_for()
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    names = [n for n, _ in model.named_parameters()]
+    assert "cls.predictions.decoder.weight" not in names  # one parameter, listed once
+
+
+def test_post_ln_variant_is_the_same_encoder_with_norms_moved():
+    pre, post = model_for(), model_for(pre_layer_norm=False)
+    assert post.bert.encoder.final_layer_norm is None
+    assert set(pre.state_dict()) - set(post.state_dict()) == {
+        "bert.encoder.final_layer_norm.weight", "bert.encoder.final_layer_norm.bias"}
+    calls = count_layer_calls(post)
+    post.train()(make_batch(), layer_gates=pld.LayerGates((True, True, False, True), (1, 1, .5, .5)))
+    assert calls == [1, 1, 0, 1]
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    bad = tmp_path / "model.json"
+    bad.write_text('{"hidden_size": 64, "num_layers": 4}')
+    with pytest.raises(ConfigError, match=r"model.json.*unknown model config key\(s\) \['num_layers'\]"):
+        BertConfig.from_json(bad)
+    bad.write_text('{"hidden_size": 65, "num_attention_heads": 4}')
+    with pytest.raises(ConfigError, match="hidden_size 65 is not divisible"):
+        BertConfig.from_json(bad)
+    bad.write_text('{"hidden_size": ')
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        BertConfig.from_json(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        BertConfig.from_json(tmp_path / "missing.json")
+
+
+def test_packaged_configs_load():
+    base = BertConfig.from_json("bert-base")
+    assert (base.hidden_size, base.num_hidden_layers, base.pre_layer_norm) == (768, 12, True)
+    large = BertConfig.from_json("bert-large")
+    assert (large.hidden_size, large.num_hidden_layers, large.num_attention_heads) == (1024, 24, 16)
+    # HF BertForPreTraining (Post-LN) has 110,106,428; Pre-LN adds the final LayerNorm (2 x 768)
+    assert sum(p.numel() for p in BertForPreTraining(base).parameters()) == 110_106_428 + 1536
+    post = base.replace(pre_layer_norm=False)
+    assert sum(p.numel() for p in BertForPreTraining(post).parameters()) == 110_106_428

@@ -1,0 +1,127 @@
+"""The trainer in one process: bad input stops it early, a crashed save is never resumed."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bing_bert_pld import checkpoint, train
+from bing_bert_pld.engine import init_distributed
+from shard_factory import make_arrays, write_shard, write_shard_set
+
+SEQ, PRED, VOCAB = 32, 5, 512
+DS = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
+      "steps_per_print": 10**6, "gradient_clipping": 1.0,
+      "optimizer": {"type": "Lamb", "params": {"lr": 1e-3, "weight_decay": 0.01}},
+      "progressive_layer_drop": {"enabled": True, "theta": 0.5, "gamma": 0.01}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_shard_set(root, 2, 64, SEQ, PRED, VOCAB, seed=0, split="train")
+    init_distributed()
+    return root
+
+
+def argv(tmp_path, data, ds=None, **overrides):
+    ds_path = tmp_path / "ds.json"
+    ds_path.write_text(json.dumps(DS if ds is None else ds))
+    args = {"deepspeed_config": ds_path, "model_config": "bert-tiny",
+            "train_dir": data / "train", "output_dir": tmp_path / "run",
+            "max_seq_length": SEQ, "max_predictions_per_seq": PRED, "max_steps": 4,
+            "log_interval": 1, "checkpoint_interval": 2, **overrides}
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))]
+
+
+def run_main(args, capsys):
+    code = train.main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ds_change, message", [
+    ({"progressive_layer_drop": {"enabled": True, "theta": 1.5}}, r"must be in \(0, 1\], got 1.5"),
+    ({"progressive_layer_drop": {"enabled": True, "gamma": -1}}, r"gamma must be .* got -1"),
+    ({"zero_optimization": {"stage": 1}}, r"LAMB with zero_optimization.stage 1 is refused"),
+    ({"train_batch_size": 7}, r"train_batch_size 7 is not divisible|train_batch_size 7 !="),
+])
+def test_bad_deepspeed_settings_fail_before_training(tmp_path, data, capsys, ds_change, message):
+    code, err = run_main(argv(tmp_path, data, ds={**DS, **ds_change}), capsys)
+    assert code == 2
+    assert "ds.json" in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_unparsable_deepspeed_json(tmp_path, data, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    args = argv(tmp_path, data)
+    args[args.index("--deepspeed_config") + 1] = str(bad)
+    code, err = run_main(args, capsys)
+    assert code == 2 and f"{bad}: not valid JSON" in err
+
+
+def test_unknown_model_config_key(tmp_path, data, capsys):
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"vocab_size": VOCAB, "hidden_layers": 2}))
+    code, err = run_main(argv(tmp_path, data, model_config=model), capsys)
+    assert code == 2 and "unknown model config key(s) ['hidden_layers']" in err and "model.json" in err
+
+
+def test_missing_shards(tmp_path, data, capsys):
+    code, err = run_main(argv(tmp_path, data, train_dir=tmp_path / "nowhere"), capsys)
+    assert code == 2 and "train data" in err and "nowhere" in err
+
+
+def test_sequence_length_differs_from_configuration(tmp_path, data, capsys):
+    code, err = run_main(argv(tmp_path, data, max_seq_length=64), capsys)
+    assert code == 2 and "seq_len" in err and "64" in err
+
+
+def test_token_id_beyond_vocabulary(tmp_path, data, capsys):
+    arrays = make_arrays(16, SEQ, PRED, VOCAB, np.random.default_rng(0))
+    arrays["input_ids"][3, 2] = VOCAB  # one id past the end of the vocabulary
+    (tmp_path / "bad").mkdir()
+    shard = write_shard(tmp_path / "bad" / "shard_00000.hdf5", arrays)
+    code, err = run_main(argv(tmp_path, data, train_dir=shard.parent), capsys)
+    assert code == 2 and "shard_00000.hdf5" in err and str(VOCAB) in err and "input_ids" in err
+
+
+def test_crash_during_save_leaves_the_previous_checkpoint_as_latest(tmp_path, data, monkeypatch):
+    trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=2)))
+    trainer.train()
+    root = tmp_path / "run" / "checkpoints"
+    assert checkpoint.latest_tag(root) == "global_step2"
+
+    trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=4)))
+    assert trainer.step == 2  # resumed
+    for _ in range(2):
+        trainer.train_step()
+    real_save = checkpoint.torch.save
+
+    def crash(obj, path, *args, **kwargs):
+        if "rank0_state" in str(path):
+            Path(path).write_bytes(b"half a file")
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save()
+    monkeypatch.undo()
+    trainer.loader.close()
+    assert (root / "global_step4").is_dir()  # the broken one exists...
+    assert checkpoint.latest_tag(root) == "global_step2"  # ...but resume never picks it
+
+    resumed = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=4)))
+    assert resumed.step == 2 and resumed.samples == 16
+    assert resumed.train() == "max_steps"
+    assert checkpoint.latest_tag(root) == "global_step4"
+    state = json.loads((root / "global_step4" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["samples"] == 32
+    run_config = json.loads((root / "global_step4" / "run_config.json").read_text())
+    assert run_config["model_config"]["num_hidden_layers"] == 4
+    assert run_config["deepspeed_setup"]["pld"] == {"theta": 0.5, "gamma": 0.01}
