@@ -37,7 +37,8 @@ from .schema import FIELD_NAMES, FIELDS, MANIFEST_NAME, SHARD_SUFFIX, expected_s
 
 # PretrainingBatch lives in batch.py (the model needs it without h5py); re-exported here
 # because the loader is what yields it.
-__all__ = ["DataError", "PretrainingBatch", "PretrainingDataLoader", "ShardSetInfo", "validate_shard_set"]
+__all__ = ["DataError", "PretrainingBatch", "PretrainingDataLoader", "ShardSetInfo", "scan_values",
+           "validate_shard_set"]
 
 
 class DataError(ValueError):
@@ -79,15 +80,25 @@ def validate_shard_set(path_or_glob: str | os.PathLike, seq_len: int, max_pred: 
     rows = tuple(_check_structure(f, seq_len, max_pred) for f in files)
     for f, n in zip(files, rows):
         _check_listed_rows(f, n, manifests[f.parent])
+    info = ShardSetInfo(files, rows, seq_len, max_pred, vocab_size)
     if check_values:
-        # Token ids index the embedding, positions index the sequence, labels the NSP
-        # classes: an out-of-range value would fail on the device, far from its cause.
-        bounds = {"input_ids": (vocab_size, "vocab_size"), "masked_lm_ids": (vocab_size, "vocab_size"),
-                  "masked_lm_positions": (seq_len, "seq_len"), "next_sentence_labels": (2, "NSP classes")}
-        for f in files:
-            for key, (high, what) in bounds.items():
-                _check_values(f, key, high, what)
-    return ShardSetInfo(files, rows, seq_len, max_pred, vocab_size)
+        scan_values(info, files)
+    return info
+
+
+def scan_values(info: ShardSetInfo, files: tuple[Path, ...]) -> None:
+    """Range-check every id in `files` (a subset of info.files, so ranks can split the scan).
+
+    Token ids index the embedding, positions index the sequence, labels the NSP classes:
+    an out-of-range value would fail on the device, far from its cause.
+    """
+    bounds = {"input_ids": (info.vocab_size, "vocab_size"),
+              "masked_lm_ids": (info.vocab_size, "vocab_size"),
+              "masked_lm_positions": (info.seq_len, "seq_len"),
+              "next_sentence_labels": (2, "NSP classes")}
+    for f in files:
+        for key, (high, what) in bounds.items():
+            _check_values(f, key, high, what)
 
 
 def _find_shards(path_or_glob: str | os.PathLike) -> tuple[Path, ...]:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from . import checkpoint
 from .config import BertConfig, ConfigError
-from .data import DataError, PretrainingDataLoader, validate_shard_set
+from .data import DataError, PretrainingDataLoader, scan_values, validate_shard_set
 from .ds_config import load_training_setup, resolve_batch_sizes
 from .engine import PLDHook, init_distributed, initialize_engine
 from .metrics_log import LOG, make_sink, setup_console_logging
@@ -137,12 +137,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _validate_data(self, path: str, split: str):
+        """Structure on every rank (cheap); the value scan split across ranks (it reads
+        every id once), its verdict shared so that every rank stops with the same error."""
         try:
-            return validate_shard_set(path, self.args.max_seq_length,
+            info = validate_shard_set(path, self.args.max_seq_length,
                                       self.args.max_predictions_per_seq,
-                                      self.model_config.vocab_size)
+                                      self.model_config.vocab_size, check_values=False)
         except DataError as err:
             raise DataError(f"{split} data: {err}") from None
+        error = None
+        try:
+            scan_values(info, info.files[self.rank::self.world_size])
+        except DataError as err:
+            error = str(err)
+        errors = [None] * self.world_size
+        dist.all_gather_object(errors, error)
+        found = [e for e in errors if e is not None]
+        if found:
+            raise DataError(f"{split} data: {found[0]}")
+        return info
 
     def _check_vocab(self) -> None:
         if self.args.vocab_file is None:

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from data_prep.errors import DataPrepError
 from data_prep.fsutil import atomic_path
-from data_prep.vocab import SPECIAL_TOKENS, UNK
+from data_prep.vocab import CONTINUATION_PREFIX, SPECIAL_TOKENS, UNK
 
 _ENCODE_BATCH = 8192  # words per call: bounds the memory of Encoding objects
 
@@ -85,17 +85,31 @@ class WordEncoder:
 
 
 def train_vocab(files: list[Path], vocab_size: int, lowercase: bool, out_path: Path, show_progress: bool = True) -> None:
-    """Train a WordPiece vocabulary of at most `vocab_size` entries on text files.
+    """Train a WordPiece vocabulary of `vocab_size` entries on text files.
 
     [PAD] [UNK] [CLS] [SEP] [MASK] take ids 0-4. The trainer counts words in memory:
     its memory grows with the number of distinct words, not with the corpus size.
+
+    HF's trainer numbers the word-continuation characters ("##e") in hash-map order,
+    which differs from run to run, and breaks ties between equally frequent merges by
+    those numbers: the same corpus could give different vocabularies. So a first,
+    cheap pass (no merges) finds those characters, and the real pass receives them
+    pre-numbered in code-point order; the result is then the same on every run.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise DataPrepError(f"vocab size {vocab_size} leaves no room beside the {len(SPECIAL_TOKENS)} special tokens")
-    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                        show_progress=show_progress)
-    tokenizer.train([str(f) for f in files], trainer)
+    probe = _train(files, len(SPECIAL_TOKENS) + 1, list(SPECIAL_TOKENS), lowercase, show_progress)
+    continuations = sorted(t for t in probe.get_vocab() if t.startswith(CONTINUATION_PREFIX))
+    tokenizer = _train(files, vocab_size, list(SPECIAL_TOKENS) + continuations, lowercase, show_progress)
     by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     with atomic_path(out_path) as tmp:
         tmp.write_text("".join(token + "\n" for token, _ in by_id), encoding="utf-8")
+
+
+def _train(files: list[Path], vocab_size: int, fixed_tokens: list[str], lowercase: bool,
+           show_progress: bool) -> Tokenizer:
+    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=fixed_tokens,
+                                        continuing_subword_prefix=CONTINUATION_PREFIX, show_progress=show_progress)
+    tokenizer.train([str(f) for f in files], trainer)
+    return tokenizer

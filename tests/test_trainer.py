@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from bing_bert_pld import checkpoint, train
@@ -125,3 +126,27 @@ def test_crash_during_save_leaves_the_previous_checkpoint_as_latest(tmp_path, da
     run_config = json.loads((root / "global_step4" / "run_config.json").read_text())
     assert run_config["model_config"]["num_hidden_layers"] == 4
     assert run_config["deepspeed_setup"]["pld"] == {"theta": 0.5, "gamma": 0.01}
+
+
+def test_stops_at_max_samples(tmp_path, data):
+    trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=1000, max_samples=20)))
+    assert trainer.train() == "max_samples"
+    assert (trainer.step, trainer.samples) == (3, 24)  # 8 samples a step: 24 is the first >= 20
+
+
+def test_stops_at_the_wall_clock_budget_counting_earlier_launches(tmp_path, data):
+    trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=1000,
+                                                  max_time_minutes=2)))
+    trainer.elapsed_before_launch = 120.0  # as if resumed from a run that used the budget
+    assert trainer.train() == "time budget"
+    assert trainer.step == 0
+
+
+def test_bf16_from_the_deepspeed_json(tmp_path, data):
+    ds = {**DS, "bf16": {"enabled": True}}
+    trainer = train.Trainer(train.parse_args(argv(tmp_path, data, ds=ds, max_steps=2)))
+    assert trainer.engine.bfloat16_enabled()
+    assert next(trainer.engine.module.parameters()).dtype == torch.bfloat16
+    losses = [trainer.train_step()["loss"] for _ in range(2)]
+    assert all(0 < loss < 20 for loss in losses)
+    trainer.loader.close()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Pretrain on one machine through the deepspeed launcher: one rank per GPU, or CPU
+# ranks over gloo where there is no GPU.
+#
+#   DATA_DIR=data/wiki_books_128 OUTPUT_DIR=runs/bert_base_pld \
+#       bash launch/train_one_node.sh --max_steps 200000
+#
+# Environment (defaults in brackets):
+#   DATA_DIR      shard set from data_prep: DATA_DIR/train, DATA_DIR/validation (required)
+#   OUTPUT_DIR    checkpoints, metrics.jsonl, tensorboard/ (required); a run that
+#                 finds OUTPUT_DIR/checkpoints/latest continues from it
+#   DS_CONFIG     DeepSpeed JSON [ds_configs/bert_base_seq128_pld_fp16.json with GPUs,
+#                 ds_configs/cpu_small_pld.json without]
+#   MODEL_CONFIG  model JSON or packaged name [bert-base with GPUs, bert-small without]
+#   NUM_GPUS      ranks on this machine [all GPUs; 2 CPU ranks without GPUs]
+#   MASTER_PORT   rendezvous port [29500]
+#   PYTHON        interpreter that checks the package [python]
+# Every argument is passed to bing_bert_pld.train (see `python -m bing_bert_pld.train
+# --help`): give a stopping rule (--max_steps, --max_samples or --max_time_minutes) and,
+# for other sequence lengths, --max_seq_length / --max_predictions_per_seq.
+#
+# SIGUSR1 or SIGTERM to this script: every rank saves a checkpoint at the next step
+# boundary and exits 0; running the same command again resumes from it.
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO_DIR/launch/lib.sh"
+
+GPUS_HERE="$(count_gpus)"
+if [[ "$GPUS_HERE" -gt 0 ]]; then
+    NUM_GPUS="${NUM_GPUS:-$GPUS_HERE}"
+    DS_CONFIG="${DS_CONFIG:-$REPO_DIR/ds_configs/bert_base_seq128_pld_fp16.json}"
+    MODEL_CONFIG="${MODEL_CONFIG:-bert-base}"
+else
+    export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+    NUM_GPUS="${NUM_GPUS:-2}"
+    DS_CONFIG="${DS_CONFIG:-$REPO_DIR/ds_configs/cpu_small_pld.json}"
+    MODEL_CONFIG="${MODEL_CONFIG:-bert-small}"
+fi
+MASTER_PORT="${MASTER_PORT:-29500}"
+
+require_var DATA_DIR "the shard set from data_prep, holding train/ and validation/"
+require_var OUTPUT_DIR "where checkpoints and logs go, e.g. runs/NAME"
+require_shards "$DATA_DIR" "DATA_DIR"
+require_file "$DS_CONFIG" "DS_CONFIG"
+[[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS must be a positive integer, got '$NUM_GPUS'"
+command -v deepspeed > /dev/null || die "the deepspeed launcher is not on PATH: run 'bash launch/setup.sh'"
+require_package
+
+cmd=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT"
+     --module bing_bert_pld.train
+     --deepspeed_config "$DS_CONFIG" --model_config "$MODEL_CONFIG"
+     --train_dir "$DATA_DIR/train" --val_dir "$DATA_DIR/validation"
+     --output_dir "$OUTPUT_DIR" "$@")
+print_cmd "${cmd[@]}"
+run_forwarding_stop signal_local_ranks "${cmd[@]}"
