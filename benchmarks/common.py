@@ -40,6 +40,10 @@ def add_common_args(parser: argparse.ArgumentParser, batch_size: int = 4, reps: 
                              "layer still costs nothing (worth it on GPU; ~20 s per layer "
                              "shape to compile on CPU, no gain measured there)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: elapsed time; cpu: this process's CPU time, steadier on a "
+                             "CPU machine that other jobs share (use with --threads 1, so no "
+                             "thread spins waiting for a descheduled sibling)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -48,6 +52,7 @@ class Setup:
     device: torch.device
     dtype_name: str
     config: BertConfig
+    clock: Callable[[], float] = time.perf_counter
 
     @property
     def is_cuda(self) -> bool:
@@ -80,7 +85,10 @@ def setup_from_args(args, **config_changes) -> Setup:
     if args.seq_len > config.max_position_embeddings:
         raise SystemExit(f"--seq-len {args.seq_len} > max_position_embeddings "
                          f"{config.max_position_embeddings}")
-    return Setup(device, "bf16" if args.bf16 else "fp32", config)
+    if args.clock == "cpu" and device.type == "cuda":
+        raise SystemExit("--clock cpu measures CPU work; on CUDA use the default wall clock")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    return Setup(device, "bf16" if args.bf16 else "fp32", config, clock)
 
 
 def describe_machine(setup: Setup) -> str:
@@ -89,8 +97,9 @@ def describe_machine(setup: Setup) -> str:
     else:
         where = f"CPU {platform.processor() or platform.machine()}, " \
                 f"{torch.get_num_threads()} threads"
+    clock = " | CPU-time clock" if setup.clock is time.process_time else ""
     load = " | load avg %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return f"{where} | torch {torch.__version__}{load}"
+    return f"{where} | torch {torch.__version__}{clock}{load}"
 
 
 def synthetic_batch(config: BertConfig, batch_size: int, seq_len: int, max_pred: int,
@@ -137,16 +146,16 @@ def timed_step(setup: Setup, loss_fn: Callable[[], torch.Tensor],
     """forward + backward, then optimizer step; grads zeroed, not freed, as DeepSpeed
     keeps them: a skipped layer's parameters are still updated (with zero gradients)."""
     setup.sync()
-    start = time.perf_counter()
+    start = setup.clock()
     with setup.autocast():
         loss = loss_fn()
     loss.backward()
     setup.sync()
-    middle = time.perf_counter()
+    middle = setup.clock()
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)
     setup.sync()
-    return StepTime(middle - start, time.perf_counter() - middle)
+    return StepTime(middle - start, setup.clock() - middle)
 
 
 def median(values) -> float:

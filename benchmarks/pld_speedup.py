@@ -112,6 +112,8 @@ def main(argv=None) -> int:
           f"{statistics.fmean(t.forward_backward for t in pld_times):.3f}, optimizer "
           f"{statistics.fmean(t.optimizer for t in pld_times):.3f}), mean active layers "
           f"{mean_active:.2f} (per step {pld_active})")
+    print("step times (s), full: " + " ".join(f"{t.total:.2f}" for t in full_times)
+          + " | PLD: " + " ".join(f"{t.total:.2f}" for t in pld_times))
     print(f"raw speedup (median full / mean PLD): {t_full / raw_pld:.3f}x, predicted for "
           f"these gates {predicted_realized:.3f}x")
     print(f"predicted speedup from FLOPs at the expected depth: {predicted_expected:.3f}x")

@@ -9,11 +9,13 @@ output dir, checkpoint root, tag dir). OUT_DIR then loads offline with
 Design choices:
 - Pre-LN (the default, what PLD trains) exports as `roberta-prelayernorm`, the
   transformers architecture with the same block: LayerNorm on each sublayer's input and
-  a final LayerNorm. Only names move (table below) and positions shift: RoBERTa numbers
+  a final LayerNorm. Only names move (_PRE_LN_RENAMES below) and positions shift: RoBERTa numbers
   positions from pad_token_id + 1 (pad tokens get row pad_token_id), so our row t is
   their row t + pad_token_id + 1, and the exported table has pad_token_id + 1 extra rows
-  at the top (zeros, never read by real tokens). Token types, the WordPiece vocabulary
-  and [CLS]/[SEP] are BERT's, and RobertaPreLayerNorm takes token_type_ids as given.
+  at the top (zeros, never read by real tokens). transformers derives the positions from
+  the ids (pad tokens do not count), so outputs match ours for right-padded input, the
+  tokenizer's default. Token types, the WordPiece vocabulary and [CLS]/[SEP] stay BERT's;
+  RobertaPreLayerNorm takes token_type_ids as given.
 - roberta-prelayernorm has no next-sentence head: it is saved beside the model in
   `nsp_head.safetensors` (`weight` (2, H), `bias` (2,)), applied to the pooled output
   (`AutoModel(...).pooler_output`) like BertForPreTraining's `cls.seq_relationship`.
@@ -39,7 +41,8 @@ from typing import Optional
 import torch
 
 from .config import BertConfig
-from .pretrained import CheckpointError, Pretrained, read_pretrained
+from .model import BertForPreTraining
+from .pretrained import CheckpointError, Pretrained, load_strict, read_pretrained
 
 WEIGHTS = "model.safetensors"
 NSP_HEAD = "nsp_head.safetensors"
@@ -49,11 +52,13 @@ FORMAT_VERSION = 1
 
 ROBERTA_PREFIX = "roberta_prelayernorm."
 # Ours -> roberta-prelayernorm, for Pre-LN. `{i}` is a layer index. Tied and NSP
-# tensors are handled outside the table.
+# tensors are handled outside the table. First match wins: specific names come first.
 _PRE_LN_RENAMES = [
     ("bert.embeddings.", ROBERTA_PREFIX + "embeddings."),
-    ("bert.encoder.layer.{i}.attention.output.LayerNorm.", ROBERTA_PREFIX + "encoder.layer.{i}.attention.LayerNorm."),
-    ("bert.encoder.layer.{i}.output.LayerNorm.", ROBERTA_PREFIX + "encoder.layer.{i}.intermediate.LayerNorm."),
+    ("bert.encoder.layer.{i}.attention.output.LayerNorm.",
+     ROBERTA_PREFIX + "encoder.layer.{i}.attention.LayerNorm."),
+    ("bert.encoder.layer.{i}.output.LayerNorm.",  # ours normalizes the FFN input: theirs too
+     ROBERTA_PREFIX + "encoder.layer.{i}.intermediate.LayerNorm."),
     ("bert.encoder.layer.{i}.", ROBERTA_PREFIX + "encoder.layer.{i}."),
     ("bert.encoder.final_layer_norm.", ROBERTA_PREFIX + "LayerNorm."),
     ("bert.pooler.", ROBERTA_PREFIX + "pooler."),
@@ -159,7 +164,7 @@ def hf_config(config: BertConfig):
         attention_probs_dropout_prob=config.attention_probs_dropout_prob,
         type_vocab_size=config.type_vocab_size, initializer_range=config.initializer_range,
         layer_norm_eps=config.layer_norm_eps, pad_token_id=config.pad_token_id,
-        tie_word_embeddings=True)
+        tie_word_embeddings=True, dtype="float32")  # the weights are saved in fp32
     if config.pre_layer_norm:
         from transformers import RobertaPreLayerNormConfig
 
@@ -226,6 +231,8 @@ def export(pretrained: Pretrained, out_dir: str | Path, vocab_file: Optional[str
         raise ExportError(f"{vocab_file} has {len(tokenizer)} tokens, the model only "
                           f"{config.vocab_size} embeddings")
 
+    # The tensors must be exactly those of the configured model (names and shapes).
+    load_strict(BertForPreTraining(config), pretrained.state_dict, pretrained.source)
     hf_tensors, nsp = to_hf_state_dict(config, pretrained.state_dict)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_config(config).save_pretrained(out_dir)

@@ -86,7 +86,7 @@ def read_pretrained(path: str | Path) -> Pretrained:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (expected a DeepSpeed checkpoint "
                               "directory or a directory exported with bing_bert_pld.hf_export)")
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         from .hf_export import import_hf  # transformers and safetensors only when needed
 
         return import_hf(path)
@@ -108,7 +108,7 @@ def resolve_tag_dir(path: Path) -> Path:
     raise CheckpointError(
         f"{path}: no DeepSpeed checkpoint here: expected a 'latest' file (checkpoint root), "
         f"'checkpoints/latest' (output dir), a tag directory with {RUN_CONFIG} and "
-        "*_model_states.pt, or an exported directory with config.json")
+        "*_model_states.pt, or an exported directory with config.json and model.safetensors")
 
 
 def _read_deepspeed(tag_dir: Path) -> Pretrained:

@@ -32,7 +32,8 @@ _DEFAULTS = InstanceConfig()
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    logging.getLogger("data_prep").setLevel(logging.INFO)
     try:
         return args.run(args)
     except DataPrepError as error:
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=Path, help="vocab.txt (default: the one beside the manifest)")
     p.add_argument("--vocab-size", type=int, help="when no vocab.txt is at hand")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_run_options(p)
     p.set_defaults(run=_run_verify)
 
     p = stages.add_parser("all", help="the whole pipeline: sources -> verified shards")
@@ -121,7 +123,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="shorter lines are headings and are dropped (default: %(default)s)")
     p.add_argument("--min-doc-words", type=int, default=cleaning.min_doc_words,
                    help="shorter documents are dropped (default: %(default)s)")
-    p.add_argument("--unit-mb", type=float, default=8.0, help="input MB per work unit (default: %(default)s)")
+    p.add_argument("--unit-mb", type=float, default=4.0,
+                   help="input MB per work unit: the grain of parallelism and of memory (default: %(default)s)")
 
 
 def _source_argument(text: str):
@@ -197,11 +200,13 @@ def _run_instances(args) -> int:
 
 def _run_shards(args) -> int:
     run_shards(args.instances, args.output, _shard_config(args), args.processes, args.progress)
-    return _run_verify(argparse.Namespace(path=args.output, vocab=None, vocab_size=None, json=False))
+    return _run_verify(argparse.Namespace(path=args.output, vocab=None, vocab_size=None, json=False,
+                                          processes=args.processes, progress=args.progress))
 
 
 def _run_verify(args) -> int:
-    report = verify(args.path, vocab=args.vocab, vocab_size=args.vocab_size)
+    report = verify(args.path, vocab=args.vocab, vocab_size=args.vocab_size, processes=args.processes,
+                    show_progress=args.progress)
     if args.json:
         print(json.dumps({"ok": report.ok, "shards": report.shards, "stats": report.stats,
                           "defects": [vars(d) for d in report.defects]}, indent=1))

@@ -6,9 +6,9 @@ Output directory:
   unit_00000.npy   the unit's records (records.py), sorted by (split, bucket)
   unit_00000.json  counts and the offsets of each (split, bucket) slice; written last,
                    so its presence marks the unit complete
-Each unit's randomness comes from SeedSequence(seed, spawn_key=(unit,)): documents'
-train/validation split, segment pairs, masks and bucket draws are the same whatever
-the number of processes. Documents, not instances, are split between train and
+Each unit's randomness comes from SeedSequence(seed, spawn_key=(UNIT_STREAM, unit)):
+documents' train/validation split, segment pairs, masks and bucket draws are the same
+whatever the number of processes. Documents, not instances, are split between train and
 validation, so duplicated copies of a text never straddle the two.
 """
 
@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import shutil
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from data_prep.pairs import PairBuilder
 from data_prep.parallel import run_parallel
 from data_prep.records import SPLITS, record_dtype
 from data_prep.sentences import PLAN_FILE as SENTENCES_PLAN, summarize, unit_text_path
+from data_prep.sentences import unit_stats_path as sentences_unit_stats_path
 from data_prep.tokenizer import WordEncoder, load_tokenizer
 from data_prep.vocab import CLS, MASK, SEP, Vocab, load_vocab
 
@@ -55,7 +57,7 @@ class InstanceConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     # Text bytes x duplication per shuffle bucket. The shard stage holds one bucket
     # (about 0.7x this in records) twice, so this bounds its memory per process.
-    bucket_mb: int = 128
+    bucket_mb: int = 64
 
     def check(self) -> None:
         """Reject settings that cannot produce valid instances, before any work."""
@@ -101,6 +103,7 @@ def plan_instances(sentences_dir: Path, vocab: Vocab, lowercase: bool, config: I
     sentences_plan = read_json(sentences_dir / SENTENCES_PLAN)
     per_source = summarize(sentences_dir)
     text_bytes = sum(s["text_bytes"] for s in per_source.values())
+    _check_validation_split(sentences_dir, len(sentences_plan["units"]), config)
     buckets = max(1, math.ceil(text_bytes * config.duplication / (config.bucket_mb << 20)))
     sources = sorted(sentences_plan["sources"])
     if len(sources) > np.iinfo(np.uint8).max + 1:
@@ -119,7 +122,7 @@ def plan_instances(sentences_dir: Path, vocab: Vocab, lowercase: bool, config: I
     return plan
 
 
-def run_instances(plan: dict, vocab: Vocab, out_dir: Path, processes: int, show_progress: bool = True) -> dict:
+def run_instances(plan: dict, vocab: Vocab, out_dir: Path, processes: int, show_progress: bool = True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_path = out_dir / PLAN_FILE
     if plan_path.exists() and read_json(plan_path)["fingerprint"] != plan["fingerprint"]:
@@ -139,7 +142,6 @@ def run_instances(plan: dict, vocab: Vocab, out_dir: Path, processes: int, show_
     run_parallel(process_unit, tasks, processes, "instances",
                  lambda r: (r["text_bytes"], {"instances": sum(r["instances"].values())}),
                  total=sum(Path(t.text_path).stat().st_size for t in tasks), show_progress=show_progress)
-    return plan
 
 
 def _config_from_plan(plan: dict) -> InstanceConfig:
@@ -169,17 +171,39 @@ def _cached_vocab(vocab_path: str) -> tuple[Vocab, MaskVocab]:
     return vocab, MaskVocab(vocab.id_of(MASK), vocab.replacement_ids(), vocab.continuation_mask())
 
 
+def _unit_rngs(seed: int, unit: int) -> tuple[random.Random, np.random.Generator]:
+    """Python's RNG for the per-sentence decisions (fast scalars), numpy's for masks."""
+    py_seed, np_seed = np.random.SeedSequence(seed, spawn_key=(UNIT_STREAM, unit)).spawn(2)
+    return random.Random(int(py_seed.generate_state(1, np.uint64)[0])), np.random.default_rng(np_seed)
+
+
+def _validation_draws(rng: random.Random, documents: int, fraction: float) -> list[bool]:
+    """Which documents of a unit are held out: the unit RNG's first draws."""
+    return [rng.random() < fraction for _ in range(documents)]
+
+
+def _check_validation_split(sentences_dir: Path, units: int, config: InstanceConfig) -> None:
+    """Replay the held-out draws from the document counts, to fail before the work
+    rather than after it when the corpus has too few documents for the fraction."""
+    if config.validation_fraction == 0:
+        return
+    for unit in range(units):
+        documents = read_json(sentences_unit_stats_path(sentences_dir, unit))["documents_kept"]
+        if any(_validation_draws(_unit_rngs(config.seed, unit)[0], documents, config.validation_fraction)):
+            return
+    raise DataPrepError(f"no document was drawn for validation at --validation-fraction "
+                        f"{config.validation_fraction}: the corpus has too few documents; raise the fraction "
+                        f"or set it to 0")
+
+
 def process_unit(task: InstanceUnitTask) -> dict:
     config = task.config
     vocab, mask_vocab = _cached_vocab(task.vocab_path)
     special = vocab.special_ids()
-    py_seed, np_seed = np.random.SeedSequence(config.seed, spawn_key=(UNIT_STREAM, task.index)).spawn(2)
-    py_rng = random.Random(int(py_seed.generate_state(1, np.uint64)[0]))
-    np_rng = np.random.default_rng(np_seed)
-
+    py_rng, np_rng = _unit_rngs(config.seed, task.index)
     text = Path(task.text_path).read_text(encoding="utf-8")
     documents = [doc.split("\n") for doc in text.split("\n\n") if doc]
-    validation = [py_rng.random() < config.validation_fraction for _ in documents]
+    validation = _validation_draws(py_rng, len(documents), config.validation_fraction)
     flat, lengths = _cached_encoder(task.vocab_path, task.lowercase).encode([s for doc in documents for s in doc])
     # Sentences that tokenize to nothing are removed, then documents left empty.
     nonempty = lengths > 0
@@ -191,32 +215,33 @@ def process_unit(task: InstanceUnitTask) -> dict:
     sentence_offsets = np.concatenate([[0], np.cumsum(lengths[nonempty])]).tolist()
 
     builder = PairBuilder(sentence_offsets, doc_offsets, config.seq_len - 3, config.short_seq_prob)
-    pairs: list[tuple[int, int, int, int, int]] = []
-    doc_of_pair: list[int] = []
+    pairs = array("q")
+    pairs_per_doc = []
     for _ in range(config.duplication):
         for doc in range(len(keep)):
             before = len(pairs)
             builder.add_document(doc, py_rng, pairs)
-            doc_of_pair.extend([doc] * (len(pairs) - before))
-    pairs_array = np.array(pairs, dtype=np.int64).reshape(-1, 5)
-    split = validation[np.array(doc_of_pair, dtype=np.int64)].astype(np.int64)
+            pairs_per_doc.append((len(pairs) - before) // 5)
+    doc_of_pair = np.repeat(np.tile(np.arange(len(keep)), config.duplication), pairs_per_doc)
+    split = validation[doc_of_pair].astype(np.int64)
+    bucket = np_rng.integers(task.buckets, size=len(split))
+    key = split * task.buckets + bucket
+    # Records are laid out already sorted by (split, bucket): no second copy to sort.
+    order = np.argsort(key, kind="stable")
+    pairs_array = np.frombuffer(pairs, dtype=np.int64).reshape(-1, 5)[order]
 
     records = np.zeros(len(pairs_array), dtype=record_dtype(config.seq_len, config.max_pred, vocab.size))
     for start in range(0, len(records), _MASK_BATCH):
         _fill_records(records[start:start + _MASK_BATCH], pairs_array[start:start + _MASK_BATCH], flat, special,
                       mask_vocab, config, np_rng)
     records["source"] = task.source_id
-
-    bucket = np_rng.integers(task.buckets, size=len(records))
-    key = split * task.buckets + bucket
-    order = np.argsort(key, kind="stable")
     out_dir = Path(task.out_dir)
     with atomic_path(unit_records_path(out_dir, task.index)) as tmp, open(tmp, "wb") as f:
-        np.save(f, records[order])
+        np.save(f, records)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=2 * task.buckets))])
     stats = {
         "source_id": task.source_id,
-        "text_bytes": len(text.encode("utf-8")),
+        "text_bytes": Path(task.text_path).stat().st_size,
         "tokens": int(flat.size),
         "documents": {name: int((validation == i).sum()) for i, name in enumerate(SPLITS)},
         "instances": {name: int((split == i).sum()) for i, name in enumerate(SPLITS)},

@@ -18,6 +18,7 @@ Two deliberate differences from the reference:
 from __future__ import annotations
 
 import random
+from array import array
 
 # BERT tries this many times to draw a document other than the current one; with a
 # single document in the unit it falls back to the same document.
@@ -34,8 +35,9 @@ class PairBuilder:
         self.max_num_tokens = max_num_tokens
         self.short_seq_prob = short_seq_prob
 
-    def add_document(self, doc: int, rng: random.Random, out: list[tuple[int, int, int, int, int]]) -> None:
-        """Append (a_start, a_len, b_start, b_len, is_random_next) for each instance."""
+    def add_document(self, doc: int, rng: random.Random, out: array) -> None:
+        """Append a_start, a_len, b_start, b_len, is_random_next for each instance to
+        `out`, a flat array('q') (a fifth of the memory of a list of tuples)."""
         so = self.sentence_offsets
         first, last = self.doc_offsets[doc], self.doc_offsets[doc + 1]
         chunk_start, length, target = first, 0, self._target_length(rng)
@@ -59,7 +61,7 @@ class PairBuilder:
                 else:
                     b_lo, b_hi = so[a_end], so[chunk_end]
                 a_lo, a_hi, b_lo, b_hi = _truncate_pair(a_lo, a_hi, b_lo, b_hi, self.max_num_tokens, rng)
-                out.append((a_lo, a_hi - a_lo, b_lo, b_hi - b_lo, int(random_next)))
+                out.extend((a_lo, a_hi - a_lo, b_lo, b_hi - b_lo, int(random_next)))
                 chunk_start, length, target = i + 1, 0, self._target_length(rng)
             i += 1
 

@@ -25,7 +25,7 @@ from data_prep.shards import ShardConfig, run_shards
 from data_prep.sources import SourceSpec, check_sources, list_files
 from data_prep.tokenizer import train_vocab
 from data_prep.verify import VerifyReport, verify
-from data_prep.vocab import load_vocab
+from data_prep.vocab import SPECIAL_TOKENS, load_vocab
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class PipelineConfig:
     lowercase: bool = True
     work_dir: Path | None = None  # default: <out_dir>/work
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
-    unit_mb: float = 8.0
+    unit_mb: float = 4.0
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     processes: int = 1
@@ -59,6 +59,8 @@ def check_config(config: PipelineConfig) -> None:
     config.instances.check()
     if (config.vocab is None) == (config.vocab_size is None):
         raise DataPrepError("give exactly one of --vocab (a vocab.txt) and --vocab-size (train one)")
+    if config.vocab_size is not None and config.vocab_size <= len(SPECIAL_TOKENS):
+        raise DataPrepError(f"vocab size {config.vocab_size} leaves no room beside the special tokens")
     if config.unit_mb <= 0:
         raise DataPrepError(f"unit size must be positive, got {config.unit_mb} MB")
     config.shards.check()
@@ -112,7 +114,8 @@ def run_all(config: PipelineConfig) -> tuple[dict, VerifyReport]:
 
     with _stage("shards"):
         manifest = run_shards(instances_dir, config.out_dir, config.shards, config.processes, config.show_progress)
-    report = verify(config.out_dir)
+    with _stage("verify"):
+        report = verify(config.out_dir, processes=config.processes, show_progress=config.show_progress)
     log.info("verify:\n%s", report.format())
     if not report.ok:
         raise DataPrepError(f"verify found {len(report.defects)} defects in {config.out_dir}")

@@ -17,7 +17,8 @@ from data_prep.errors import DataPrepError
 from data_prep.fsutil import atomic_path
 from data_prep.vocab import CONTINUATION_PREFIX, SPECIAL_TOKENS, UNK
 
-_ENCODE_BATCH = 8192  # words per call: bounds the memory of Encoding objects
+_ENCODE_BATCH = 8192  # words per tokenizer call: bounds the memory of Encoding objects
+_SENTENCES_PER_SLICE = 20_000  # about 3 MB of text
 
 
 def _bert_pipeline(tokenizer: Tokenizer, lowercase: bool) -> Tokenizer:
@@ -42,7 +43,7 @@ class WordEncoder:
     The cache is emptied when it passes `max_words`, which bounds its memory.
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_words: int = 500_000) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_words: int = 250_000) -> None:
         self.tokenizer = tokenizer
         self.max_words = max_words
         self._reset()
@@ -54,6 +55,14 @@ class WordEncoder:
 
     def encode(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of all sentences concatenated, and each sentence's token count."""
+        # In slices, so that the per-word Python objects of only one slice exist at a time.
+        parts = [self._encode_slice(sentences[i:i + _SENTENCES_PER_SLICE])
+                 for i in range(0, len(sentences), _SENTENCES_PER_SLICE)]
+        if not parts:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _encode_slice(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if len(self.index) > self.max_words:
             self._reset()
         words = " ".join(sentences).split(" ")
@@ -65,11 +74,10 @@ class WordEncoder:
         counts = self.piece_counts[word_ids]
         token_ends = np.cumsum(counts)
         first = np.repeat(piece_starts[word_ids] - (token_ends - counts), counts)
-        flat = self.piece_ids[first + np.arange(int(token_ends[-1]) if len(words) else 0)]
+        flat = self.piece_ids[first + np.arange(int(token_ends[-1]))]
         words_per_sentence = np.fromiter((s.count(" ") + 1 for s in sentences), dtype=np.int64, count=len(sentences))
         sentence_ends = token_ends[np.cumsum(words_per_sentence) - 1]
-        lengths = np.diff(sentence_ends, prepend=0)
-        return flat, lengths
+        return flat, np.diff(sentence_ends, prepend=0)
 
     def _add(self, new_words: list[str]) -> None:
         pieces: list[list[int]] = []

@@ -22,6 +22,7 @@ import numpy as np
 from bing_bert_pld.schema import FIELDS, MANIFEST_NAME, SHARD_SUFFIX, expected_shape
 from data_prep.errors import DataPrepError
 from data_prep.fsutil import read_json, sha256_file
+from data_prep.parallel import run_parallel
 from data_prep.vocab import CLS, MASK, PAD, SEP, load_vocab
 
 _BLOCK_ROWS = 8192
@@ -77,7 +78,10 @@ class _Expect:
     label_forbidden: tuple[int, ...] = ()  # ids that can never be a masked token's label
 
 
-def verify(path: Path, vocab: Path | None = None, vocab_size: int | None = None) -> VerifyReport:
+def verify(path: Path, vocab: Path | None = None, vocab_size: int | None = None, processes: int = 1,
+           show_progress: bool = False) -> VerifyReport:
+    """Check every shard under `path` (an output directory, a split directory or one
+    shard), in parallel over shards."""
     path = Path(path)
     if not path.exists():
         raise DataPrepError(f"nothing to verify at {path}")
@@ -90,11 +94,18 @@ def verify(path: Path, vocab: Path | None = None, vocab_size: int | None = None)
     expect = _expectations(manifest_dir, manifest, vocab, vocab_size, report)
     if expect.seq_len is None and shards:  # no manifest: the first shard fixes the shape
         expect = _with_shape(expect, shards[0][0])
+    tasks = [_ShardTask(str(shard), _display_name(shard, manifest_dir or path), rows, expect)
+             for shard, rows in shards]
+    results = run_parallel(_verify_shard, tasks, processes, "verify", lambda r: (1, {"rows": r.rows or 0}),
+                           total=len(tasks), unit="shard", show_progress=show_progress)
     totals: dict[str, dict] = {}
-    for shard, expected_rows in shards:
-        name = _display_name(shard, manifest_dir or path)
-        _verify_shard(shard, expected_rows, expect, report, name,
-                      totals.setdefault(str(Path(name).parent), defaultdict(int)))
+    for task, result in zip(tasks, results):
+        report.defects.extend(result.defects)
+        if result.rows is not None:
+            report.shards.append({"name": task.name, "rows": result.rows})
+        group = totals.setdefault(str(Path(task.name).parent), defaultdict(int))
+        for key, value in result.totals.items():
+            group[key] += value
     report.stats = {group: _finish_stats(t) for group, t in totals.items() if t}
     return report
 
@@ -165,21 +176,38 @@ def _with_shape(expect: _Expect, shard: Path) -> _Expect:
                    expect.label_forbidden)
 
 
-def _verify_shard(path: Path, expected_rows: int | None, expect: _Expect, report: VerifyReport, name: str,
-                  totals: dict) -> None:
-    def defect(check: str, message: str, row: int | None = None) -> None:
-        report.defects.append(Defect(name, row, check, message))
+@dataclass(frozen=True)
+class _ShardTask:
+    path: str
+    name: str  # as reported: relative to the shard set
+    expected_rows: int | None  # from the manifest
+    expect: _Expect
 
+
+@dataclass
+class _ShardResult:
+    rows: int | None = None  # None when the shard could not be read
+    defects: list[Defect] = field(default_factory=list)
+    totals: dict = field(default_factory=lambda: defaultdict(int))
+
+
+def _verify_shard(task: _ShardTask) -> _ShardResult:
+    result = _ShardResult()
+
+    def defect(check: str, message: str, row: int | None = None) -> None:
+        result.defects.append(Defect(task.name, row, check, message))
+
+    expect = task.expect
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(task.path, "r")
     except OSError as error:
         defect("open", f"not a readable HDF5 file ({error})")
-        return
+        return result
     with f:
         missing = [spec.name for spec in FIELDS if spec.name not in f]
         if missing:
             defect("keys", f"missing datasets {missing}")
-            return
+            return result
         rows = f["input_ids"].shape[0] if f["input_ids"].ndim else 0
         seq_len = expect.seq_len or (f["input_ids"].shape[1] if f["input_ids"].ndim == 2 else 0)
         max_pred = expect.max_pred or (f["masked_lm_positions"].shape[1] if f["masked_lm_positions"].ndim == 2 else 0)
@@ -192,19 +220,20 @@ def _verify_shard(path: Path, expected_rows: int | None, expect: _Expect, report
             if dataset.shape != wanted:
                 defect("shape", f"{spec.name} has shape {dataset.shape}, expected {wanted}")
                 shape_ok = False
-        report.shards.append({"name": name, "rows": rows})
-        if expected_rows is not None and expected_rows != rows:
-            defect("manifest", f"{rows} rows, the manifest says {expected_rows}")
+        result.rows = rows
+        if task.expected_rows is not None and task.expected_rows != rows:
+            defect("manifest", f"{rows} rows, the manifest says {task.expected_rows}")
         if not shape_ok:
-            return
+            return result
         for start in range(0, rows, _BLOCK_ROWS):
             block = {spec.name: f[spec.name][start:start + _BLOCK_ROWS].astype(np.int64) for spec in FIELDS}
             for check, bad in _row_checks(block, expect, seq_len).items():
                 if bad.any():
                     first = int(np.argmax(bad))
-                    defect(check, f"{int(bad.sum())} bad rows in this block of {len(bad)}; first shown",
+                    defect(check, f"{int(bad.sum())} bad rows among rows {start}-{start + len(bad) - 1}",
                            start + first)
-            _accumulate(totals, block, expect)
+            _accumulate(result.totals, block, expect)
+    return result
 
 
 def _row_checks(b: dict[str, np.ndarray], expect: _Expect, seq_len: int) -> dict[str, np.ndarray]:

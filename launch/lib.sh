@@ -56,6 +56,7 @@ count_gpus() {
 # to this script, call FORWARDER with CMD's pid (it asks the training ranks to save a
 # checkpoint at the next step boundary and exit 0), then keep waiting. Returns CMD's
 # exit status. STOP_SIGNAL holds the signal received, if any.
+# shellcheck disable=SC2034  # read by the scripts that source this file
 STOP_SIGNAL=""
 run_forwarding_stop() {
     local forwarder="$1"

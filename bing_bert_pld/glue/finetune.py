@@ -155,11 +155,10 @@ class Finetuner:
             raise ConfigError(f"glue.max_seq_length {self.settings.max_seq_length} exceeds the "
                               f"model's max_position_embeddings "
                               f"{self.model_config.max_position_embeddings}")
-        self.train_set, self.dev_sets = self._load_data(pretrained)
-
         _seed_everything(args.seed)  # the same fresh head on every rank
-        model = BertForSequenceClassification.from_pretrained(
+        model = BertForSequenceClassification.from_pretrained(  # strict: fails before the data
             pretrained, self.spec.num_outputs, self.model_config)
+        self.train_set, self.dev_sets = self._load_data(pretrained)
         del pretrained
         micro, accumulation = (batches["train_micro_batch_size_per_gpu"],
                                batches["gradient_accumulation_steps"])

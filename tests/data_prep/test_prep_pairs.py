@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 
 import numpy as np
 import pytest
@@ -53,12 +54,12 @@ def _pairs(bible_tokens, max_num_tokens: int, short_seq_prob: float):
     flat, sentence_offsets, doc_offsets = bible_tokens
     builder = PairBuilder(sentence_offsets, doc_offsets, max_num_tokens, short_seq_prob)
     rng = random.Random(1)
-    pairs, doc_of = [], []
+    pairs, doc_of = array("q"), []
     for doc in range(len(doc_offsets) - 1):
         before = len(pairs)
         builder.add_document(doc, rng, pairs)
-        doc_of.extend([doc] * (len(pairs) - before))
-    return np.array(pairs), np.array(doc_of)
+        doc_of.extend([doc] * ((len(pairs) - before) // 5))
+    return np.array(pairs).reshape(-1, 5), np.array(doc_of)
 
 
 @pytest.mark.parametrize("max_num_tokens", [125, 509])

