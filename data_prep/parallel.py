@@ -8,9 +8,11 @@ inherits a parent's tokenizers thread pool (fork after threads can deadlock).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.pool
 import os
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -51,12 +53,34 @@ def run_parallel(
             for index, task in enumerate(tasks):
                 record(index, worker(task))
         else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(min(processes, len(tasks)), initializer=_single_threaded_worker) as pool:
-                indexed = pool.imap_unordered(_IndexedCall(worker), list(enumerate(tasks)))
-                for index, result in indexed:
+            with contextlib.ExitStack() as stack:
+                pool = _shared.get(processes) or stack.enter_context(_new_pool(min(processes, len(tasks))))
+                for index, result in pool.imap_unordered(_IndexedCall(worker), list(enumerate(tasks))):
                     record(index, result)
     return results
+
+
+# Pools opened by `worker_pool`, by size: starting spawned workers costs about a second
+# each (imports), which several stages in a row would otherwise pay each time.
+_shared: dict[int, multiprocessing.pool.Pool] = {}
+
+
+@contextlib.contextmanager
+def worker_pool(processes: int) -> Iterator[None]:
+    """Within the block, run_parallel calls with this many processes share one pool."""
+    if processes <= 1 or processes in _shared:
+        yield
+        return
+    with _new_pool(processes) as pool:
+        _shared[processes] = pool
+        try:
+            yield
+        finally:
+            del _shared[processes]
+
+
+def _new_pool(processes: int) -> multiprocessing.pool.Pool:
+    return multiprocessing.get_context("spawn").Pool(processes, initializer=_single_threaded_worker)
 
 
 class _IndexedCall:

@@ -20,6 +20,7 @@ from data_prep.errors import DataPrepError
 from data_prep.extract import extract_wikipedia
 from data_prep.fsutil import fingerprint
 from data_prep.instances import InstanceConfig, plan_instances, run_instances
+from data_prep.parallel import worker_pool
 from data_prep.sentences import plan_sentences, run_sentences, unit_text_path
 from data_prep.shards import ShardConfig, run_shards
 from data_prep.sources import SourceSpec, check_sources, list_files
@@ -79,6 +80,11 @@ def check_config(config: PipelineConfig) -> None:
 
 def run_all(config: PipelineConfig) -> tuple[dict, VerifyReport]:
     check_config(config)
+    with worker_pool(config.processes):
+        return _run_stages(config)
+
+
+def _run_stages(config: PipelineConfig) -> tuple[dict, VerifyReport]:
     work = config.work_dir or config.out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
 

@@ -62,19 +62,20 @@ corpus_path() {
 WIKI_XML="$(corpus_path wiki_dump_excerpt)"
 VOCAB="$(corpus_path bert_uncased_vocab)"
 BOOKS_DIR="$WORK_DIR/corpus/bible"
-if [[ -f "$BOOKS_DIR/.complete" ]]; then
+# Marker files say a step finished; a step that failed halfway runs again.
+if [[ -f "$WORK_DIR/corpus/bible.complete" ]]; then
     echo "reusing $BOOKS_DIR"
 else
     "$PYTHON" -c 'import sys; from pathlib import Path; from data_prep.corpora import write_bible_books
 write_bible_books(Path(sys.argv[1]))' "$BOOKS_DIR"
-    touch "$BOOKS_DIR/.complete"
+    touch "$WORK_DIR/corpus/bible.complete"
 fi
 echo "wikipedia: $WIKI_XML"
 echo "books:     $BOOKS_DIR ($(find "$BOOKS_DIR" -name '*.txt' | wc -l) files)"
 
 step "3/5 shards (seq 128, max 20 predictions) with data_prep"
 export DATA_DIR="$WORK_DIR/data_seq128"  # read by launch/train_one_node.sh
-if [[ -f "$DATA_DIR/manifest.json" ]]; then
+if [[ -f "$WORK_DIR/data_seq128.complete" ]]; then
     echo "reusing $DATA_DIR"
 else
     prep=("$PYTHON" -m data_prep all --source "wiki=wiki-xml:$WIKI_XML" --source "bible=books:$BOOKS_DIR"
@@ -82,6 +83,7 @@ else
           --output "$DATA_DIR" --work-dir "$WORK_DIR/prep_work" --no-progress)
     print_cmd "${prep[@]}"
     "${prep[@]}"
+    touch "$WORK_DIR/data_seq128.complete"
 fi
 
 # Training seconds in a run's latest checkpoint (0 without one).
@@ -139,8 +141,14 @@ for run in (pld, base):
     print(f"time per sample, {run['name']:>8}: {1000 * run['time_per_sample_s']:.2f} ms "
           f"({run['samples']:.0f} samples in {run['elapsed_s']:.0f} s)")
 saved_ms = 1000 * (base["time_per_sample_s"] - pld["time_per_sample_s"])
-print(f"PLD saved {saved_ms:.2f} ms per sample ({pld['time_saving_pct']:.1f}% of the baseline's "
-      f"time per sample); encoder FLOPs skipped: {100 * pld['encoder_flops_skipped_frac']:.1f}%")
+skipped = f"encoder FLOPs skipped: {100 * pld['encoder_flops_skipped_frac']:.1f}%"
+if saved_ms >= 0:
+    print(f"PLD saved {saved_ms:.2f} ms per sample ({pld['time_saving_pct']:.1f}% of the "
+          f"baseline's time per sample); {skipped}")
+else:
+    print(f"PLD saved no time here: {-saved_ms:.2f} ms per sample slower "
+          f"({-pld['time_saving_pct']:.1f}%); {skipped}. Timings on a busy machine are noisy: "
+          "compare runs made on an idle one, or train longer (QUICKSTART_MINUTES).")
 EOF
 echo "TensorBoard logs: $RUNS_DIR/pld/tensorboard and $RUNS_DIR/baseline/tensorboard"
 echo "  tensorboard --logdir $RUNS_DIR"

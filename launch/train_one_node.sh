@@ -15,6 +15,7 @@
 #   NUM_GPUS      ranks on this machine [all GPUs; 2 CPU ranks without GPUs]
 #   MASTER_PORT   rendezvous port [29500]
 #   PYTHON        interpreter that checks the package [python]
+#   DRY_RUN=1     print the command and exit
 # Every argument is passed to bing_bert_pld.train (see `python -m bing_bert_pld.train
 # --help`): give a stopping rule (--max_steps, --max_samples or --max_time_minutes) and,
 # for other sequence lengths, --max_seq_length / --max_predictions_per_seq.
@@ -44,8 +45,6 @@ require_var OUTPUT_DIR "where checkpoints and logs go, e.g. runs/NAME"
 require_shards "$DATA_DIR" "DATA_DIR"
 require_file "$DS_CONFIG" "DS_CONFIG"
 [[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS must be a positive integer, got '$NUM_GPUS'"
-command -v deepspeed > /dev/null || die "the deepspeed launcher is not on PATH: run 'bash launch/setup.sh'"
-require_package
 
 cmd=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT"
      --module bing_bert_pld.train
@@ -53,4 +52,9 @@ cmd=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT"
      --train_dir "$DATA_DIR/train" --val_dir "$DATA_DIR/validation"
      --output_dir "$OUTPUT_DIR" "$@")
 print_cmd "${cmd[@]}"
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    exit 0
+fi
+command -v deepspeed > /dev/null || die "the deepspeed launcher is not on PATH: run 'bash launch/setup.sh'"
+require_package
 run_forwarding_stop signal_local_ranks "${cmd[@]}"

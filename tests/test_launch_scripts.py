@@ -73,6 +73,32 @@ def test_one_node_checks_config_and_rank_count(shards, tmp_path):
     assert result.returncode == 2 and "NUM_GPUS must be a positive integer" in result.stderr
 
 
+def test_one_node_command_on_cpu(shards, tmp_path):
+    output = tmp_path / "runs" / "my run"  # a space survives the quoting
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # a machine without GPUs
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    result = run_script("train_one_node.sh", {"DATA_DIR": str(shards), "OUTPUT_DIR": str(output),
+                                              "DRY_RUN": "1", "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                        "--max_time_minutes", "5", "--log_interval", "2")
+    assert result.returncode == 0, result.stderr
+    command = printed_command(result.stdout, "deepspeed")
+    assert option(command, "--num_gpus") == "2"  # no GPU here: 2 CPU ranks
+    assert option(command, "--master_port") == "29500"
+    assert option(command, "--module") == "bing_bert_pld.train"
+    assert option(command, "--deepspeed_config").endswith("ds_configs/cpu_small_pld.json")
+    assert option(command, "--model_config") == "bert-small"
+    assert option(command, "--output_dir") == str(output)
+    assert option(command, "--train_dir") == f"{shards}/train"
+    assert command[-4:] == ["--max_time_minutes", "5", "--log_interval", "2"]
+    result = run_script("train_one_node.sh", {"DATA_DIR": str(shards), "OUTPUT_DIR": "o", "DRY_RUN": "1",
+                                              "PATH": f"{tmp_path}:{os.environ['PATH']}", "NUM_GPUS": "4", "MASTER_PORT": "29999",
+                                              "DS_CONFIG": "ds_configs/bert_base_seq128_baseline_bf16.json",
+                                              "MODEL_CONFIG": "bert-base"})
+    command = printed_command(result.stdout, "deepspeed")
+    assert (option(command, "--num_gpus"), option(command, "--master_port")) == ("4", "29999")
+    assert option(command, "--deepspeed_config") == "ds_configs/bert_base_seq128_baseline_bf16.json"
+
+
 def write_hostfile(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

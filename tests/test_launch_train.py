@@ -67,6 +67,15 @@ def training_rows(run_dir: Path) -> list[dict]:
     return [row for row in rows if "train/loss" in row]
 
 
+def steps_logged(run_dir: Path) -> int:
+    """While the run writes: complete lines only."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum('"train/loss"' in line for line in path.read_text().splitlines(keepends=True)
+               if line.endswith("\n"))
+
+
 def trainer_state(run_dir: Path) -> dict:
     root = run_dir / "checkpoints"
     return json.loads((root / (root / "latest").read_text().strip() / "trainer_state.json").read_text())
@@ -89,7 +98,7 @@ def test_sigusr1_checkpoints_and_the_next_launch_resumes(tmp_path):
                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
         try:
             deadline = time.monotonic() + LAUNCH_TIMEOUT
-            while not ((run / "metrics.jsonl").exists() and len(training_rows(run)) >= 3):
+            while steps_logged(run) < 3:
                 assert job.poll() is None, log1.read_text()[-4000:]
                 assert time.monotonic() < deadline, "no training steps: " + log1.read_text()[-4000:]
                 time.sleep(0.2)
