@@ -61,6 +61,8 @@ def hf_labels(batch, seq_len: int) -> torch.Tensor:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, batch_size=4, reps=5)
+    parser.add_argument("--compile-hf", action="store_true",
+                        help="also compile HF's encoder layers (--compile-layers is ours only)")
     args = parser.parse_args(argv)
     setup = setup_from_args(args, pre_layer_norm=False)  # HF BERT is Post-LN
     config, device = setup.config, setup.device
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
 
     if args.compile_layers:
         compile_encoder_layers(ours.bert.encoder.layer)
+    if args.compile_hf:
         compile_encoder_layers(hf.bert.encoder.layer)
     ours.train(), hf.train()
     sides = {"ours": (ours_forward, make_optimizer(ours, device)),

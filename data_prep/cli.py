@@ -1,7 +1,7 @@
 """`python -m data_prep <stage>` (or `bbp-data <stage>`): one command per stage, and `all`.
 
-Exit status: 0 success, 1 `verify` found defects, 2 a usage or input error (printed
-as one line; nothing was written for it).
+Exit status: 0 success, 1 `verify` found defects, 2 a usage or input error (one line
+on stderr).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 from data_prep.cleaning import CleaningConfig
 from data_prep.errors import DataPrepError
 from data_prep.extract import extract_wikipedia
+from data_prep.fsutil import read_plan
 from data_prep.instances import InstanceConfig, plan_instances, run_instances
 from data_prep.masking import MaskingConfig
 from data_prep.pipeline import PipelineConfig, run_all
-from data_prep.sentences import plan_sentences, run_sentences, unit_text_path, PLAN_FILE as SENTENCES_PLAN
+from data_prep.sentences import plan_sentences, run_sentences, summarize, unit_text_path
 from data_prep.shards import ShardConfig, run_shards
 from data_prep.sources import check_sources, parse_source
-from data_prep.fsutil import read_json
 from data_prep.tokenizer import train_vocab
 from data_prep.verify import verify
 from data_prep.vocab import load_vocab
@@ -185,7 +185,8 @@ def _run_sentences(args) -> int:
 
 
 def _run_vocab(args) -> int:
-    plan = read_json(args.sentences / SENTENCES_PLAN)
+    plan = read_plan(args.sentences, "sentences")
+    summarize(args.sentences)  # fails unless every unit is finished
     units = [unit_text_path(args.sentences, i) for i in range(len(plan["units"]))]
     train_vocab(units, args.vocab_size, args.lowercase, args.output, args.progress)
     return 0

@@ -14,7 +14,10 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from data_prep.errors import DataPrepError
+
 TMP_SUFFIX = ".tmp"
+PLAN_FILE = "plan.json"  # each stage directory's description of its work
 
 
 @contextlib.contextmanager
@@ -36,6 +39,23 @@ def write_json(path: Path, obj) -> None:
 
 def read_json(path: Path):
     return json.loads(path.read_text())
+
+
+def claim_stage_dir(directory: Path, plan: dict, stage: str) -> None:
+    """Make `directory` the home of `plan`'s work, or refuse if another plan's work is there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / PLAN_FILE
+    if path.exists() and read_json(path)["fingerprint"] != plan["fingerprint"]:
+        raise DataPrepError(f"{directory} holds {stage} from other inputs or settings; choose another directory")
+    write_json(path, plan)
+
+
+def read_plan(directory: Path, stage: str) -> dict:
+    """A stage directory's plan.json, or a clear error when it is not one."""
+    path = Path(directory) / PLAN_FILE
+    if not path.is_file():
+        raise DataPrepError(f"{directory} is not the output of the {stage} stage (no {PLAN_FILE})")
+    return read_json(path)
 
 
 def sha256_file(path: Path) -> str:

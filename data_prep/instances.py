@@ -26,19 +26,18 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.errors import DataPrepError
-from data_prep.fsutil import atomic_path, fingerprint, read_json, write_json
+from data_prep.fsutil import atomic_path, claim_stage_dir, fingerprint, read_json, read_plan, write_json
 from data_prep.masking import MaskingConfig, MaskVocab, mask_batch
 from data_prep.pairs import PairBuilder
 from data_prep.parallel import run_parallel
 from data_prep.records import SPLITS, record_dtype
-from data_prep.sentences import PLAN_FILE as SENTENCES_PLAN, summarize, unit_text_path
+from data_prep.sentences import summarize, unit_text_path
 from data_prep.sentences import unit_stats_path as sentences_unit_stats_path
 from data_prep.tokenizer import WordEncoder, load_tokenizer
 from data_prep.vocab import CLS, MASK, SEP, Vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "plan.json"
 VOCAB_FILE = "vocab.txt"
 PLAN_VERSION = 1
 _MASK_BATCH = 4096  # instances masked at once: bounds the (batch, seq_len) temporaries
@@ -100,7 +99,7 @@ class InstanceUnitTask:
 
 def plan_instances(sentences_dir: Path, vocab: Vocab, lowercase: bool, config: InstanceConfig) -> dict:
     config.check()
-    sentences_plan = read_json(sentences_dir / SENTENCES_PLAN)
+    sentences_plan = read_plan(sentences_dir, "sentences")
     per_source = summarize(sentences_dir)
     text_bytes = sum(s["text_bytes"] for s in per_source.values())
     _check_validation_split(sentences_dir, len(sentences_plan["units"]), config)
@@ -123,11 +122,7 @@ def plan_instances(sentences_dir: Path, vocab: Vocab, lowercase: bool, config: I
 
 
 def run_instances(plan: dict, vocab: Vocab, out_dir: Path, processes: int, show_progress: bool = True) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = out_dir / PLAN_FILE
-    if plan_path.exists() and read_json(plan_path)["fingerprint"] != plan["fingerprint"]:
-        raise DataPrepError(f"{out_dir} holds instances from other inputs or settings; choose another directory")
-    write_json(plan_path, plan)
+    claim_stage_dir(out_dir, plan, "instances")
     vocab_copy = out_dir / VOCAB_FILE
     if not vocab_copy.exists():
         with atomic_path(vocab_copy) as tmp:

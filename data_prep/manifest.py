@@ -85,9 +85,3 @@ def finish(out_dir: Path, manifest: dict) -> None:
     write_json(out_dir / MANIFEST_NAME, manifest)
     (out_dir / IN_PROGRESS_NAME).unlink(missing_ok=True)
 
-
-def read_manifest(out_dir: Path) -> dict:
-    path = out_dir / MANIFEST_NAME
-    if not path.exists():
-        raise DataPrepError(f"no {MANIFEST_NAME} in {out_dir}")
-    return read_json(path)

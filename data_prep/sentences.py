@@ -18,7 +18,7 @@ from pathlib import Path
 from data_prep.cleaning import CleaningConfig, clean_document
 from data_prep.errors import DataPrepError
 from data_prep.extract import read_origin
-from data_prep.fsutil import atomic_path, fingerprint, read_json, write_json
+from data_prep.fsutil import atomic_path, claim_stage_dir, fingerprint, read_json, read_plan, write_json
 from data_prep.parallel import run_parallel
 from data_prep.readers import ReadCounts, read_documents
 from data_prep.sources import SourceSpec, list_files
@@ -27,7 +27,6 @@ from data_prep.units import Unit, plan_units
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "plan.json"
 PLAN_VERSION = 1
 
 
@@ -61,11 +60,7 @@ def plan_sentences(sources: list[SourceSpec], cleaning: CleaningConfig, unit_byt
 
 def run_sentences(plan: dict, out_dir: Path, processes: int, show_progress: bool = True) -> dict:
     """Run (or finish) the plan in out_dir; return the merged counts per source."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = out_dir / PLAN_FILE
-    if plan_path.exists() and read_json(plan_path)["fingerprint"] != plan["fingerprint"]:
-        raise DataPrepError(f"{out_dir} holds sentences from other inputs or settings; choose another directory")
-    write_json(plan_path, plan)
+    claim_stage_dir(out_dir, plan, "sentences")
     cleaning = CleaningConfig(**plan["cleaning"])
     units = [Unit.from_json(i, u) for i, u in enumerate(plan["units"])]
     todo = [SentenceUnitTask(u, str(out_dir), cleaning) for u in units if not unit_stats_path(out_dir, u.index).exists()]
@@ -115,7 +110,7 @@ def process_unit(task: SentenceUnitTask) -> dict:
 
 def summarize(out_dir: Path) -> dict:
     """Counts per source over all units of a finished stage directory."""
-    plan = read_json(out_dir / PLAN_FILE)
+    plan = read_plan(out_dir, "sentences")
     per_source: dict = {}
     for index in range(len(plan["units"])):
         stats_path = unit_stats_path(out_dir, index)

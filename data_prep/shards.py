@@ -22,8 +22,8 @@ import numpy as np
 from bing_bert_pld.schema import SHARD_SUFFIX
 from data_prep import manifest as manifest_io
 from data_prep.errors import DataPrepError
-from data_prep.fsutil import atomic_path, read_json
-from data_prep.instances import PLAN_FILE, SHUFFLE_STREAM, VOCAB_FILE, unit_records_path, unit_stats_path
+from data_prep.fsutil import atomic_path, read_json, read_plan
+from data_prep.instances import SHUFFLE_STREAM, VOCAB_FILE, unit_records_path, unit_stats_path
 from data_prep.parallel import run_parallel
 from data_prep.records import SPLITS, to_columns
 from data_prep.shard_writer import read_source_rows, write_shard
@@ -75,7 +75,7 @@ def run_shards(instances_dir: Path, out_dir: Path, config: ShardConfig, processe
                show_progress: bool = True) -> dict:
     """Write both splits' shards, the vocabulary and the manifest into out_dir."""
     config.check()
-    plan = read_json(instances_dir / PLAN_FILE)
+    plan = read_plan(instances_dir, "instances")
     # Where each (unit, split, bucket) slice starts: one int64 array, which the workers
     # memory-map rather than receive in every task. Units x buckets grows with the
     # square of the corpus: 8 x 2 x 3,750 x 1,200 bytes = 70 MB for Wikipedia + books.

@@ -31,8 +31,11 @@ def slurm(tmp_path):
     for split in ("train", "validation"):
         (data / split).mkdir(parents=True)
         (data / split / "shard_00000.hdf5").touch()
+    # A job starts without the distributed variables that other tests' processes set.
+    inherited = {"DS_ACCELERATOR", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
+                 "WORLD_SIZE", "LOCAL_SIZE"}
     keep = {k: v for k, v in os.environ.items()
-            if not k.startswith("SLURM_") and k != "DS_ACCELERATOR"}
+            if not k.startswith("SLURM_") and k not in inherited}
     env = {**keep, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
            "FAKE_SLURM_LOG": str(tmp_path / "fake_log"), "PYTHON": str(bin_dir / "fake_trainer"),
            "DATA_DIR": str(data), "OUTPUT_DIR": str(tmp_path / "runs" / "pld"),
