@@ -92,7 +92,8 @@ def main(argv=None) -> int:
         info = validate_shard_set(data, args.seq_len, args.max_pred, config.vocab_size,
                                   check_values=False)
         # Within one epoch on rank 0 of W: batches come from every shard in turn.
-        batches = min(args.loader_batches, info.total_rows // (args.batch_size * args.world_size) - 1)
+        per_epoch = info.total_rows // (args.batch_size * args.world_size)
+        batches = min(args.loader_batches, per_epoch - 1)
         delivered = loader_samples_per_sec(info, args.batch_size, args.world_size, batches,
                                            args.prefetch, args.seed)
 

@@ -1,12 +1,12 @@
 """Our BertForPreTraining (PLD off) vs Hugging Face transformers' BertForPreTraining.
 
-    python -m benchmarks.vs_huggingface [--model-config bert-base] [--batch-size 4] [--reps 5]
+    python -m benchmarks.vs_huggingface [--model-config bert-base] [--batch-size 4]
 
 Same size, batch and precision, in one process. Our model is built Post-LN
 (pre_layer_norm=false), which is HF BERT's block, and loads HF's state dict as is
 (parameter names are HF's; HF's `cls.predictions.decoder.bias` is its tied copy of
 `cls.predictions.bias`). First the numerics: both models in eval mode on the same batch
-must give the same loss. Then training steps (forward, backward, AdamW) alternate
+must give the same loss (and gradients, printed). Then training steps (forward, backward, AdamW) alternate
 (ABBA order), and the ratio of median step times is the samples/s ratio.
 
 HF runs its "sdpa" attention (its fastest built-in). Its MLM head is dense: every
@@ -87,8 +87,13 @@ def main(argv=None) -> int:
 
     # Numerics first, in fp32 and eval mode (no dropout): the same weights, the same loss.
     ours.eval(), hf.eval()
-    with torch.no_grad():
-        loss_ours, loss_hf = ours_forward().item(), hf_forward().item()
+    loss_ours, loss_hf = ours_forward(), hf_forward()
+    loss_ours.backward(), loss_hf.backward()
+    hf_params = dict(hf.named_parameters())
+    grad_difference = max((p.grad - hf_params[name].grad).abs().max().item()
+                          for name, p in ours.named_parameters())
+    ours.zero_grad(set_to_none=True), hf.zero_grad(set_to_none=True)
+    loss_ours, loss_hf = loss_ours.item(), loss_hf.item()
     difference = abs(loss_ours - loss_hf)
 
     if args.compile_layers:
@@ -114,12 +119,13 @@ def main(argv=None) -> int:
     print(f"machine: {describe_machine(setup)}")
     print(f"model: {args.model_config} Post-LN (L={config.num_hidden_layers}, "
           f"H={config.hidden_size}), seq {args.seq_len}, max_pred {args.max_pred}, batch "
-          f"{args.batch_size}, {setup.dtype_name}, compile-layers "
-          f"{'on' if args.compile_layers else 'off'}, transformers {transformers.__version__}, "
-          f"{args.reps} reps per side")
+          f"{args.batch_size}, {setup.dtype_name}, compiled layers: ours "
+          f"{'yes' if args.compile_layers else 'no'}, HF {'yes' if args.compile_hf else 'no'}; "
+          f"transformers {transformers.__version__}, {args.reps} reps per side")
     print(f"numerics (fp32, eval, same weights and batch): loss ours {loss_ours:.6f}, "
           f"HF {loss_hf:.6f}, |difference| {difference:.2e} "
-          f"({'equal' if difference <= LOSS_TOLERANCE else 'NOT equal'} within {LOSS_TOLERANCE:g})")
+          f"({'equal' if difference <= LOSS_TOLERANCE else 'NOT equal'} within "
+          f"{LOSS_TOLERANCE:g}); max |gradient difference| {grad_difference:.2e}")
     for name, label in (("ours", "ours"), ("hf", "HF  ")):
         print(f"{label}: median step {t[name]:.3f} s (fwd+bwd {fb[name]:.3f}), "
               f"{args.batch_size / t[name]:.2f} samples/s")

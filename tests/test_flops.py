@@ -7,8 +7,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bing_bert_pld import flops
+from bing_bert_pld.batch import PretrainingBatch
 from bing_bert_pld.config import BertConfig
-from bing_bert_pld.model import BertForPreTraining, PretrainingBatch
+from bing_bert_pld.model import BertForPreTraining
 from bing_bert_pld.pld import LayerGates, expected_active_layers, keep_probabilities
 
 # H = 4, I = 8, V = 10, L = 2; sequences of T = 3 with P = 2 predictions.

@@ -16,9 +16,11 @@ import h5py
 import numpy as np
 import pytest
 
+from data_prep.cleaning import CleaningConfig, clean_document
 from data_prep.fsutil import sha256_file, write_json
 from data_prep.manifest import IN_PROGRESS_NAME, REQUEST_KEYS
 from data_prep.shard_writer import write_shard
+from data_prep.splitting import split_sentences
 from data_prep.verify import verify
 from prep_helpers import FAST, output_files, run_cli
 
@@ -170,3 +172,29 @@ def test_a_shard_that_fails_mid_write_never_appears_under_its_name(tmp_path):
     with pytest.raises(KeyError):
         write_shard(tmp_path / "shard_00000.hdf5", columns, {}, None, 64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generic_text_and_jsonl_sources_at_phase_two_lengths(tmp_path, epistles_dir, vocab_path):
+    """BERT-format text and JSON lines, seq_len 512 with 80 predictions."""
+    books = sorted(epistles_dir.iterdir())
+    bert_format, jsonl = tmp_path / "text.txt", tmp_path / "docs.jsonl"
+    with open(bert_format, "w") as text, open(jsonl, "w") as lines:
+        for i, path in enumerate(books):
+            kept, _ = clean_document(path.read_text().splitlines(), CleaningConfig())
+            if i % 2:
+                text.write("\n".join(split_sentences(kept)) + "\n\n")
+            else:
+                lines.write(json.dumps({"id": i, "text": "\n".join(kept)}) + "\n")
+    out = tmp_path / "out"
+    assert run_cli("all", "--source", f"text:{bert_format}", "--source", f"jsonl:{jsonl}", "--vocab", vocab_path,
+                   "--seq-len", 512, "--max-pred", 80, "--output", out, *BOOKS) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["seq_len"], manifest["max_pred"]) == (512, 80)
+    documents = {name: sum(s["documents"].values()) for name, s in manifest["sources"].items()}
+    assert documents == {"text": len(books) // 2, "jsonl": len(books) - len(books) // 2}
+    with h5py.File(out / "train" / "shard_00000.hdf5") as f:
+        assert f["input_ids"].shape[1] == 512 and f["masked_lm_positions"].shape[1] == 80
+    report = verify(out)
+    assert report.ok, report.format()
+    assert report.stats["train"]["masked_fraction"] == pytest.approx(0.15, abs=0.003)
+    assert report.stats["train"]["masked_per_instance"] > 60  # most rows are long: up to 80 predictions
