@@ -73,19 +73,27 @@ class BertConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
         path = resolve_model_config_path(path)
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json_object(path, "model config"), source=str(path))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def replace(self, **changes) -> "BertConfig":
         return dataclasses.replace(self, **changes)
+
+
+def read_json_object(path: str | Path, what: str) -> dict:
+    """A JSON file holding one object; any other content is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values
 
 
 def resolve_model_config_path(path: str | Path) -> Path:

@@ -20,12 +20,11 @@ Two further blocks may be ours:
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ConfigError
+from .config import ConfigError, read_json_object
 from .lr_schedules import SCHEDULES
 from .pld import PLDConfigError, PLDSchedule
 
@@ -77,16 +76,7 @@ class TrainingSetup:
 
 
 def read_json(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"DeepSpeed config {path} does not exist")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level")
-    return values
+    return read_json_object(path, "DeepSpeed config")
 
 
 def load_training_setup(path: str | Path, cuda_available: bool) -> TrainingSetup:
