@@ -119,12 +119,6 @@ def synthetic_batch(config: BertConfig, batch_size: int, seq_len: int, max_pred:
         next_sentence_labels=torch.randint(0, 2, (batch_size,), generator=generator))
 
 
-def compile_encoder_layers(layers) -> None:
-    """Compile layer by layer: the encoder's Python loop still decides which run."""
-    for layer in layers:
-        layer.compile()
-
-
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     # Fused on GPU; on CPU the default (foreach) implementation.
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01,

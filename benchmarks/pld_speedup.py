@@ -24,11 +24,11 @@ import sys
 import torch
 
 from bing_bert_pld import flops
-from bing_bert_pld.model import BertForPreTraining
+from bing_bert_pld.model import BertForPreTraining, compile_layers_separately
 from bing_bert_pld.pld import (LayerGates, expected_active_layers, keep_probabilities,
                                sample_gates)
 
-from .common import (add_common_args, compile_encoder_layers, describe_machine,
+from .common import (add_common_args, describe_machine,
                      make_optimizer, median, mfu_line, setup_from_args, synthetic_batch,
                      timed_step)
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     model = BertForPreTraining(config).to(device).train()
     if args.compile_layers:
-        compile_encoder_layers(model.bert.encoder.layer)
+        compile_layers_separately(model.bert.encoder.layer)
     optimizer = make_optimizer(model, device)
     generator = torch.Generator().manual_seed(args.seed)
     batch = synthetic_batch(config, args.batch_size, args.seq_len, args.max_pred,

@@ -23,9 +23,9 @@ import torch
 import transformers
 
 from bing_bert_pld import flops
-from bing_bert_pld.model import BertForPreTraining
+from bing_bert_pld.model import BertForPreTraining, compile_layers_separately
 
-from .common import (add_common_args, compile_encoder_layers, describe_machine,
+from .common import (add_common_args, describe_machine,
                      make_optimizer, median, mfu_line, setup_from_args, synthetic_batch,
                      timed_step)
 
@@ -97,9 +97,9 @@ def main(argv=None) -> int:
     difference = abs(loss_ours - loss_hf)
 
     if args.compile_layers:
-        compile_encoder_layers(ours.bert.encoder.layer)
+        compile_layers_separately(ours.bert.encoder.layer)
     if args.compile_hf:
-        compile_encoder_layers(hf.bert.encoder.layer)
+        compile_layers_separately(hf.bert.encoder.layer)
     ours.train(), hf.train()
     sides = {"ours": (ours_forward, make_optimizer(ours, device)),
              "hf": (hf_forward, make_optimizer(hf, device))}

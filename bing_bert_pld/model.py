@@ -257,6 +257,14 @@ class BertForPreTraining(nn.Module):
             nsp_correct=nsp_correct, nsp_count=torch.tensor(nsp_labels.numel()))
 
 
+def compile_layers_separately(layers: nn.ModuleList) -> None:
+    """torch.compile each encoder layer on its own: the encoder's Python loop still
+    decides which layers run, so a dropped layer stays free; 1/p_i is a float argument
+    that the compiler treats as dynamic after it first changes, not a recompile per value."""
+    for layer in layers:
+        layer.compile()
+
+
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT's initialization: N(0, std) for weights, zeros for biases, LN to identity."""
     if isinstance(module, nn.Linear):

@@ -5,14 +5,15 @@
 RUN_DIR is a training output directory (events under RUN_DIR/tensorboard/) or the
 event directory itself; a run is named after its directory. Writes to DIR:
 - loss_vs_time.png, loss_vs_samples.png: validation and training loss against training
-  wall-clock (perf/elapsed_s) and against samples seen (train/samples);
+  time (perf/train_time_s, else perf/elapsed_s) and against samples seen (train/samples);
 - pld.png: theta and active layers against the optimizer step;
 - throughput.png: samples/s against the step;
 - summary.md and summary.json, the summary also printed to the console.
 
 The summary numbers are pure functions of the scalars (tested on synthetic events):
-- time per sample = perf/elapsed_s / train/samples at the run's last logged step, and
-  the saving against the baseline in percent;
+- time per sample = training time / train/samples at the run's last logged step, and
+  the saving against the baseline in percent; training time is perf/train_time_s (the
+  time spent in training steps) where the trainer logged it, else perf/elapsed_s;
 - encoder FLOPs saved = the last pld/encoder_flops_skipped_frac;
 - time to quality: the target is the baseline's final val/loss; each run's time is the
   training wall-clock at its first evaluation with val/loss <= target (evaluations
@@ -48,6 +49,7 @@ VAL_LOSS = "val/loss"
 TRAIN_LOSS = "train/loss"
 SAMPLES = "train/samples"
 ELAPSED = "perf/elapsed_s"
+TRAIN_TIME = "perf/train_time_s"  # training steps only: validation and checkpoints excluded
 SAMPLES_PER_SEC = "perf/samples_per_sec"
 THETA = "pld/theta"
 EXPECTED_ACTIVE = "pld/expected_active_layers"
@@ -153,6 +155,12 @@ def interpolate(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     return y
 
 
+def time_tag(run: Run) -> str:
+    """The time axis: training-step time where logged (a run that validates more often
+    is not charged for it), else the wall clock."""
+    return TRAIN_TIME if run.get(TRAIN_TIME) is not None else ELAPSED
+
+
 def on_axis(run: Run, tag: str, axis_tag: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(axis values, tag values): a scalar placed on elapsed time or samples by step."""
     series, axis = run.get(tag), run.get(axis_tag)
@@ -163,7 +171,7 @@ def on_axis(run: Run, tag: str, axis_tag: str) -> Optional[tuple[np.ndarray, np.
 
 def time_per_sample(run: Run) -> Optional[float]:
     """Training seconds per sample, over the whole run."""
-    elapsed, samples = run.get(ELAPSED), run.get(SAMPLES)
+    elapsed, samples = run.get(time_tag(run)), run.get(SAMPLES)
     if elapsed is None or samples is None:
         return None
     step = min(elapsed.last_step, samples.last_step)
@@ -174,7 +182,7 @@ def time_per_sample(run: Run) -> Optional[float]:
 
 def time_to_target(run: Run, target: float) -> Optional[float]:
     """Training seconds at the first evaluation with val/loss <= target, None if never."""
-    placed = on_axis(run, VAL_LOSS, ELAPSED)
+    placed = on_axis(run, VAL_LOSS, time_tag(run))
     if placed is None:
         return None
     times, losses = placed
@@ -247,7 +255,7 @@ def summarize(runs: Sequence[Run], baseline_name: Optional[str] = None) -> Summa
     for run in runs:
         tps = time_per_sample(run)
         ttq = time_to_target(run, target) if target is not None else None
-        measurable = target is not None and on_axis(run, VAL_LOSS, ELAPSED) is not None
+        measurable = target is not None and on_axis(run, VAL_LOSS, time_tag(run)) is not None
         if measurable and ttq is None:
             best = float(run.get(VAL_LOSS).values.min())
             messages.append(f"{run.name}: never reached the target val/loss {target:.4f} "
@@ -257,7 +265,7 @@ def summarize(runs: Sequence[Run], baseline_name: Optional[str] = None) -> Summa
             name=run.name, baseline=run is base, uses_pld=run.uses_pld,
             last_step=max((s.last_step for s in run.scalars.values()), default=None),
             samples=samples.last if samples is not None else None,
-            elapsed_s=_last(run, ELAPSED),
+            elapsed_s=_last(run, time_tag(run)),
             time_per_sample_s=tps,
             time_saving_pct=(100.0 * (1.0 - tps / base_tps)
                              if tps is not None and base_tps else None),
@@ -356,23 +364,24 @@ def write_plots(runs: Sequence[Run], out_dir: Path) -> tuple[list[Path], list[st
         written.append(path)
         return True
 
-    # Loss vs wall-clock, in one unit for all runs.
-    elapsed_max = max((r.get(ELAPSED).values.max() for r in runs if r.get(ELAPSED) is not None),
-                      default=0.0)
+    # Loss vs training time (each run on its own time axis, see time_tag), in one unit.
+    elapsed_max = max((r.get(time_tag(r)).values.max() for r in runs
+                       if r.get(time_tag(r)) is not None), default=0.0)
     scale, unit = _time_unit(float(elapsed_max))
-    for axis_tag, filename, xlabel in ((ELAPSED, "loss_vs_time.png", f"training time ({unit})"),
-                                       (SAMPLES, "loss_vs_samples.png", "samples")):
+    for by_time, filename, xlabel in ((True, "loss_vs_time.png", f"training time ({unit})"),
+                                      (False, "loss_vs_samples.png", "samples")):
         panels = []
         for title, tag in (("validation loss", VAL_LOSS), ("training loss", TRAIN_LOSS)):
             curves = []
             for run in runs:
-                placed = on_axis(run, tag, axis_tag)
+                placed = on_axis(run, tag, time_tag(run) if by_time else SAMPLES)
                 if placed is not None:
-                    x = placed[0] / scale if axis_tag == ELAPSED else placed[0]
+                    x = placed[0] / scale if by_time else placed[0]
                     curves.append((run, run.name, x, placed[1], "-"))
             panels.append((title, curves))
         if not figure(filename, panels, xlabel):
-            skipped.append(f"{filename}: no run has {VAL_LOSS} or {TRAIN_LOSS} with {axis_tag}")
+            axis = f"{TRAIN_TIME} or {ELAPSED}" if by_time else SAMPLES
+            skipped.append(f"{filename}: no run has {VAL_LOSS} or {TRAIN_LOSS} with {axis}")
 
     theta_curves, active_curves = [], []
     for run in runs:

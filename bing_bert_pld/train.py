@@ -32,7 +32,7 @@ from .data import DataError, PretrainingDataLoader, scan_values, validate_shard_
 from .ds_config import load_training_setup, resolve_batch_sizes
 from .engine import PLDHook, init_distributed, initialize_engine
 from .metrics_log import LOG, make_sink, setup_console_logging
-from .model import BertForPreTraining
+from .model import BertForPreTraining, compile_layers_separately
 from .pld import expected_active_layers
 
 
@@ -58,6 +58,7 @@ class RunArgs:
     init_keep_optimizer: bool = False
     vocab_file: Optional[str] = None
     prefetch_batches: int = 8
+    compile_layers: bool = False  # torch.compile each encoder layer on its own (GPU)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> RunArgs:
@@ -131,6 +132,9 @@ class Trainer:
         self.sink = make_sink(self.rank, self.output_dir)
         self.samples = 0
         self.elapsed_before_launch = 0.0
+        self.train_seconds = 0.0  # time inside training steps, across resumes
+        if args.compile_layers:
+            compile_layers_separately(self.engine.module.bert.encoder.layer)
         self.stop_request = StopRequest()
         self._restore()
         self.launch_started = time.perf_counter()
@@ -184,6 +188,7 @@ class Trainer:
             checkpoint.restore_rng_state(rank_state["rng"])
             self.samples = state["samples"]
             self.elapsed_before_launch = state["elapsed_s"]
+            self.train_seconds = state["train_time_s"]
             if self.pld is not None:
                 self.pld.stats.total_micro_batches = state["pld_micro_batches"]
                 self.pld.stats.total_active_layers = state["pld_active_layers"]
@@ -263,7 +268,9 @@ class Trainer:
             theta = self.theta()  # the theta this step's gates are drawn with
             started = time.perf_counter()
             losses = self.train_step()
-            interval.add(losses, time.perf_counter() - started, theta)
+            seconds = time.perf_counter() - started
+            self.train_seconds += seconds
+            interval.add(losses, seconds, theta)
             if self.step % args.log_interval == 0:
                 self._log_training(interval)
                 interval = _Interval()
@@ -304,6 +311,7 @@ class Trainer:
             "perf/samples_per_sec": self.engine.train_batch_size() / step_time,
             "perf/step_time_s": step_time,
             "perf/elapsed_s": self.elapsed(),
+            "perf/train_time_s": self.train_seconds,
         })
         if self.pld:
             self.pld.stats.reset_interval()
@@ -355,6 +363,7 @@ class Trainer:
         stats = self.pld.stats if self.pld else None
         trainer_state = {
             "step": self.step, "samples": self.samples, "elapsed_s": self.elapsed(),
+            "train_time_s": self.train_seconds,
             "world_size": self.world_size, "micro_batch": self.micro_batch,
             "theta": self.theta(),
             "pld_micro_batches": stats.total_micro_batches if stats else 0,

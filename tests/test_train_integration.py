@@ -22,7 +22,8 @@ SEQ, PRED, VOCAB = 32, 5, 512
 SCALARS = {"train/loss", "train/mlm_loss", "train/nsp_loss", "train/lr", "train/samples",
            "pld/theta", "pld/expected_active_layers", "pld/active_layers",
            "pld/encoder_flops_skipped_frac", "perf/samples_per_sec", "perf/step_time_s",
-           "perf/elapsed_s", "val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/loss"}
+           "perf/elapsed_s", "perf/train_time_s", "val/mlm_loss", "val/mlm_acc",
+           "val/nsp_acc", "val/nsp_loss", "val/loss"}
 
 pytestmark = pytest.mark.slow
 
