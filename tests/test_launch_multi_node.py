@@ -1,0 +1,52 @@
+"""launch/train_multi_node.sh through the real deepspeed multi-node launcher.
+
+The hostfile names two hosts; stand-ins for ssh and pdsh on PATH (tests/fake_hosts/)
+run each host's command on this machine, with pdsh's %n node index. Everything else is
+real: DeepSpeed's runner builds the per-node commands from the hostfile, each "node"
+starts its launcher with its node rank, and the two ranks train together over gloo.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shard_factory import write_shard_set
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_two_hosts_train_as_one_world(tmp_path):
+    data = tmp_path / "data"
+    write_shard_set(data, 2, 64, 32, 5, 512, seed=0, split="train")
+    write_shard_set(data, 1, 32, 32, 5, 512, seed=1, split="validation")
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two machines, one rank each\nnode01 slots=1\nnode02 slots=1\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_PORT"}}
+    env.update(PATH=f"{REPO / 'tests' / 'fake_hosts'}:{os.environ['PATH']}",
+               DS_ACCELERATOR="cpu", HOSTFILE=str(hostfile), DATA_DIR=str(data),
+               OUTPUT_DIR=str(tmp_path / "run"), DS_CONFIG=str(REPO / "ds_configs" / "cpu_tiny_pld.json"),
+               MODEL_CONFIG="bert-tiny", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(29600 + os.getpid() % 300), FAKE_HOSTS_LOG=str(tmp_path / "pdsh.log"))
+    result = subprocess.run(
+        ["bash", str(REPO / "launch" / "train_multi_node.sh"), "--max_steps", "3",
+         "--max_seq_length", "32", "--max_predictions_per_seq", "5", "--log_interval", "1"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    checkpoint = tmp_path / "run" / "checkpoints" / "global_step3"
+    done = (tmp_path / "run" / "checkpoints" / "latest").is_file()
+    # the launcher's rare exit 250 after finished work (see ENVIRONMENT notes) is tolerated
+    assert result.returncode == 0 or (result.returncode == 250 and done), output[-4000:]
+
+    assert "hosts: node01 node02; master 127.0.0.1:" in output
+    pdsh = (tmp_path / "pdsh.log").read_text()
+    assert "pdsh hosts=node01,node02 " in pdsh and "--node_rank=%n" in pdsh
+    assert "training: world size 2, micro batch 8, accumulation 2, global batch 32" in output
+    assert sorted(p.name for p in checkpoint.glob("rank*_state.pt")) == ["rank0_state.pt",
+                                                                       "rank1_state.pt"]
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert (state["step"], state["samples"], state["world_size"]) == (3, 96, 2)
