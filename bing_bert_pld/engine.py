@@ -167,6 +167,10 @@ def init_distributed() -> None:
         # thread per core and they thrash (10-100x slower with 2 ranks on 2 cores).
         local_ranks = int(os.environ.get("LOCAL_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
+    else:
+        # Before the process group exists: NCCL collectives (all_gather_object among
+        # them) run on the current device, which must be this rank's GPU.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 

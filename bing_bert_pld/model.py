@@ -253,8 +253,8 @@ class BertForPreTraining(nn.Module):
             nsp_correct = (nsp_logits.argmax(-1) == nsp_labels).sum()
         return PretrainingOutput(
             loss=mlm_loss + nsp_loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss,
-            mlm_correct=mlm_correct, mlm_count=torch.tensor(mlm_count),
-            nsp_correct=nsp_correct, nsp_count=torch.tensor(nsp_labels.numel()))
+            mlm_correct=mlm_correct, mlm_count=mlm_labels.new_tensor(mlm_count),
+            nsp_correct=nsp_correct, nsp_count=nsp_labels.new_tensor(nsp_labels.numel()))
 
 
 def compile_layers_separately(layers: nn.ModuleList) -> None:

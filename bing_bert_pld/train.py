@@ -36,6 +36,9 @@ from .model import BertForPreTraining, compile_layers_separately
 from .pld import expected_active_layers
 
 
+LOSS_KEYS = ("loss", "mlm_loss", "nsp_loss")
+
+
 @dataclass(frozen=True)
 class RunArgs:
     deepspeed_config: str
@@ -225,25 +228,28 @@ class Trainer:
     def theta(self) -> float:
         return self.pld.theta if self.pld is not None else 1.0
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step over `accumulation` micro-batches; local mean losses."""
-        totals = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0}
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over `accumulation` micro-batches.
+
+        Returns this rank's mean (loss, mlm_loss, nsp_loss) as a tensor on the device:
+        reading it (.item()) would wait for the GPU, so that happens once per log line.
+        """
+        totals = torch.zeros(len(LOSS_KEYS), device=self.engine.device)
         for _ in range(self.accumulation):
-            batch = next(self.loader).to(self.engine.device)
+            batch = next(self.loader).to(self.engine.device, non_blocking=True)
             output = self.engine(batch)
             self.engine.backward(output.loss)
             self.engine.step()
-            for key in totals:
-                totals[key] += getattr(output, key).item() / self.accumulation
+            totals += torch.stack([getattr(output, key).detach().float() for key in LOSS_KEYS])
         self.samples += self.engine.train_batch_size()
-        return totals
+        return totals / self.accumulation
 
     def should_stop(self) -> Optional[str]:
         """Every rank must agree, so the decision is all-reduced once per step."""
         args = self.args
         local = [self.stop_request.signal_name is not None,
                  args.max_time_minutes is not None and self.elapsed() >= 60 * args.max_time_minutes]
-        flags = torch.tensor(local, dtype=torch.int32)
+        flags = torch.tensor(local, dtype=torch.int32, device=self.engine.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[0]:
             return "signal"
@@ -292,12 +298,11 @@ class Trainer:
         return reason
 
     def _log_training(self, interval: "_Interval") -> None:
-        means = torch.tensor([interval.losses[k] / interval.steps for k in _Interval.KEYS],
-                             dtype=torch.float64)
+        means = interval.losses.double() / interval.steps
         dist.all_reduce(means)
         means /= self.world_size
         layers = self.model_config.num_hidden_layers
-        values = {f"train/{k}": float(v) for k, v in zip(_Interval.KEYS, means)}
+        values = {f"train/{k}": v for k, v in zip(LOSS_KEYS, means.tolist())}
         step_time = interval.seconds / interval.steps
         active = (self.pld.stats.interval_mean_active() if self.pld else float(layers))
         values.update({
@@ -339,15 +344,15 @@ class Trainer:
         if self.args.val_batches:
             batches = min(batches, self.args.val_batches)
         # sums: mlm loss x count, mlm correct, mlm count, nsp loss x count, nsp correct, nsp count
-        sums = torch.zeros(6, dtype=torch.float64)
+        sums = torch.zeros(6, dtype=torch.float64, device=self.engine.device)
         with loader:
             for _ in range(batches):
                 out = self.engine(next(loader).to(self.engine.device))
-                mlm_n, nsp_n = out.mlm_count.item(), out.nsp_count.item()
-                sums += torch.tensor([out.mlm_loss.item() * mlm_n, out.mlm_correct.item(), mlm_n,
-                                      out.nsp_loss.item() * nsp_n, out.nsp_correct.item(), nsp_n],
-                                     dtype=torch.float64)
+                sums += torch.stack([out.mlm_loss * out.mlm_count, out.mlm_correct, out.mlm_count,
+                                     out.nsp_loss * out.nsp_count, out.nsp_correct,
+                                     out.nsp_count]).double()
         dist.all_reduce(sums)
+        sums = sums.cpu()
         self.engine.train()
         mlm_loss, nsp_loss = sums[0] / sums[2], sums[3] / sums[5]
         values = {"val/mlm_loss": float(mlm_loss), "val/mlm_acc": float(sums[1] / sums[2]),
@@ -378,22 +383,19 @@ class Trainer:
 
 
 class _Interval:
-    """Accumulates per-step numbers between two log lines."""
-
-    KEYS = ("loss", "mlm_loss", "nsp_loss")
+    """Accumulates per-step numbers between two log lines (losses stay on the device)."""
 
     def __init__(self):
         self.steps = 0
         self.seconds = 0.0
         self.theta_sum = 0.0
-        self.losses = dict.fromkeys(self.KEYS, 0.0)
+        self.losses: torch.Tensor | float = 0.0
 
-    def add(self, losses: dict[str, float], seconds: float, theta: float) -> None:
+    def add(self, losses: torch.Tensor, seconds: float, theta: float) -> None:
         self.steps += 1
         self.seconds += seconds
         self.theta_sum += theta
-        for key in self.KEYS:
-            self.losses[key] += losses[key]
+        self.losses = self.losses + losses
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
