@@ -21,13 +21,20 @@ from __future__ import annotations
 import functools
 import glob
 import json
+import mmap
+import multiprocessing
 import os
+import pickle
 import queue
+import signal
 import threading
+import traceback
 import weakref
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import h5py
 import numpy as np
@@ -233,36 +240,92 @@ class _Schedule:
             pos, remaining = pos + take, remaining - take
         return pieces
 
-    def after(self, epoch: int, index: int) -> tuple[int, int]:
-        return (epoch, index + 1) if index + 1 < self.batches_per_epoch else (epoch + 1, 0)
+    def advance(self, epoch: int, index: int, steps: int = 1) -> tuple[int, int]:
+        """The position `steps` batches after (epoch, index)."""
+        index += steps
+        return epoch + index // self.batches_per_epoch, index % self.batches_per_epoch
 
 
 # ---------------------------------------------------------------- reading
 
+# Chunk cache of each dataset of an open compressed shard (h5py's default: 1 MiB). Random
+# rows touch many chunks; with the datasets kept open and a cache this size a chunk is
+# decompressed about once per pass over a shard of up to ~32k rows at seq 128, not once
+# per batch. At most six such caches per open shard, filled only as chunks are read.
+_CHUNK_CACHE_BYTES = 16 << 20
+
+
+class _Shard:
+    """One open shard. Uncompressed (contiguous) fields are memory-mapped: numpy's row
+    indexing is ~20x faster than h5py's per-row selections. Compressed fields are read
+    through h5py datasets kept open, so that their chunk cache lives across batches."""
+
+    def __init__(self, path: Path):
+        self._file = h5py.File(path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+        self._fields: dict[str, np.ndarray | h5py.Dataset] = {}
+        mapped = None
+        for name in FIELD_NAMES:
+            ds = self._file[name]
+            # An offset exists only for contiguous storage: no chunks, no filters, not
+            # external or virtual (an empty dataset's may be bogus: never read anyway).
+            offset = ds.id.get_offset()
+            if offset is None or ds.size == 0 or not ds.dtype.isnative:
+                self._fields[name] = ds
+                continue
+            if mapped is None:
+                with open(path, "rb") as f:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            # ValueError if the file is shorter than the dataset claims.
+            self._fields[name] = np.frombuffer(mapped, ds.dtype, ds.size, offset).reshape(ds.shape)
+
+    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows, in the order given (repeats allowed)."""
+        out, h5_order = {}, None
+        for name, field in self._fields.items():
+            if isinstance(field, np.ndarray):
+                out[name] = field[rows]
+                continue
+            # h5py reads increasing, unique indices only: read sorted, then restore the
+            # shuffled order (duplicates appear when a tiny set is padded by wrapping).
+            if h5_order is None:
+                h5_order = np.unique(rows, return_inverse=True)
+            unique, inverse = h5_order
+            out[name] = field[unique][inverse]
+        return out
+
+    def close(self) -> None:
+        self._fields.clear()  # the map is unmapped with the last array viewing it
+        self._file.close()
+
+
 class _OpenShards:
-    """h5py files of the prefetch thread. Only the shards of the current batch stay
-    open, so a set of thousands of shards never exhausts file handles."""
+    """The shards a producer reads. Only the shards of the current batch stay open, so a
+    set of thousands of shards never exhausts file handles."""
 
     def __init__(self, files: tuple[Path, ...]):
         self._files = files
-        self._open: dict[int, h5py.File] = {}
+        self._open: dict[int, _Shard] = {}
 
     def read(self, pieces: list[tuple[int, np.ndarray]]) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in FIELD_NAMES}
+        keep = {s for s, _ in pieces}
         for shard, rows in pieces:
-            # h5py reads increasing, unique indices only: read sorted, then restore the
-            # shuffled order (duplicates appear when a tiny set is padded by wrapping).
-            unique, inverse = np.unique(rows, return_inverse=True)
-            handle = self._get(shard, keep={s for s, _ in pieces})
+            path = self._files[shard]
+            try:
+                arrays = self._get(shard, keep).read(rows)
+            except OSError as exc:
+                raise OSError(f"{path}: unreadable shard: {exc}") from exc
+            except (KeyError, IndexError, ValueError) as exc:  # the file changed since validation
+                raise DataError(f"{path}: {type(exc).__name__}: {exc}") from exc
             for name in FIELD_NAMES:
-                parts[name].append(handle[name][unique][inverse])
-        return {name: np.concatenate(p) for name, p in parts.items()}
+                parts[name].append(arrays[name])
+        return {name: p[0] if len(p) == 1 else np.concatenate(p) for name, p in parts.items()}
 
-    def _get(self, shard: int, keep: set[int]) -> h5py.File:
+    def _get(self, shard: int, keep: set[int]) -> _Shard:
         if shard not in self._open:
             for old in [s for s in self._open if s not in keep]:
                 self._open.pop(old).close()
-            self._open[shard] = h5py.File(self._files[shard], "r")
+            self._open[shard] = _Shard(self._files[shard])
         return self._open[shard]
 
     def close(self) -> None:
@@ -271,7 +334,24 @@ class _OpenShards:
         self._open.clear()
 
 
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+def _produce(schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int], step: int,
+             send: Callable[[Any], bool]) -> None:
+    """Sends (epoch, index, arrays) for the batches at `start` and every `step`-th after it,
+    until `send` returns False (stopped). An error is sent in place of its batch and ends it."""
+    shards = _OpenShards(files)
+    epoch, index = start
+    try:
+        while send((epoch, index, shards.read(schedule.segments(epoch, index)))):
+            epoch, index = schedule.advance(epoch, index, step)
+    except BaseException as exc:  # re-raised by the consumer
+        send(exc)
+    finally:
+        shards.close()
+
+
+# ---------------------------------------------------------------- one thread (num_workers=1)
+
+def _put(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
     # A timed put, so a stop request reaches a producer blocked on a full queue.
     while not stop.is_set():
         try:
@@ -280,22 +360,6 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
-
-
-def _produce(schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int],
-             q: queue.Queue, stop: threading.Event) -> None:
-    shards = _OpenShards(files)
-    epoch, index = start
-    try:
-        while not stop.is_set():
-            batch = PretrainingBatch.from_numpy(shards.read(schedule.segments(epoch, index)))
-            if not _put(q, (epoch, index, batch), stop):
-                return
-            epoch, index = schedule.after(epoch, index)
-    except BaseException as exc:  # handed to the consumer, which re-raises it
-        _put(q, exc, stop)
-    finally:
-        shards.close()
 
 
 def _stop_thread(stop: threading.Event, thread: threading.Thread) -> None:
@@ -310,7 +374,8 @@ class _Prefetcher:
     def __init__(self, schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int], depth: int):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         stop = threading.Event()
-        self.thread = threading.Thread(target=_produce, args=(schedule, files, start, self.queue, stop),
+        send = functools.partial(_put, self.queue, stop)
+        self.thread = threading.Thread(target=_produce, args=(schedule, files, start, 1, send),
                                        name="pretraining-prefetch", daemon=True)
         self.thread.start()
         # Runs at close(), when this object is collected, or at interpreter exit; it holds
@@ -320,10 +385,179 @@ class _Prefetcher:
     def get(self) -> Any:
         while True:
             try:
-                return self.queue.get(timeout=1.0)
+                item = self.queue.get(timeout=1.0)
+                break
             except queue.Empty:
                 if not self.thread.is_alive() and self.queue.empty():
                     raise RuntimeError("the prefetch thread stopped without a batch or an error")
+        if isinstance(item, BaseException):
+            return item
+        epoch, index, arrays = item
+        return epoch, index, PretrainingBatch.from_numpy(arrays)
+
+
+# ---------------------------------------------------------------- reader processes (num_workers>1)
+
+# fork is unsafe in a training process: it copies only the calling thread, so locks held
+# by torch's OpenMP pool, DeepSpeed/NCCL or h5py threads stay locked in the child, and CUDA
+# cannot be used after it. The forkserver is a fresh single-threaded process (started once
+# per process, ~1-2 s: it imports this module and torch) that forks each reader in ms and
+# does not re-import the caller's __main__ (the trainer and DeepSpeed), as spawn would.
+_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+class _Slots:
+    """`count` buffers in shared memory, each holding every field of one batch: a reader
+    writes a batch there and sends only (epoch, index, slot) through its pipe."""
+
+    def __init__(self, buffer: Any, count: int, shapes: dict[str, tuple[int, ...]]):
+        flat = np.frombuffer(buffer, np.uint8)
+        per_slot = len(flat) // count
+        self._views: list[dict[str, np.ndarray]] = []
+        for k in range(count):
+            at, views = k * per_slot, {}
+            for field in FIELDS:
+                size = int(np.prod(shapes[field.name])) * field.dtype.itemsize
+                views[field.name] = flat[at:at + size].view(field.dtype).reshape(shapes[field.name])
+                at += -(-size // 8) * 8  # keep every field 8-byte aligned
+            self._views.append(views)
+
+    @staticmethod
+    def nbytes(count: int, shapes: dict[str, tuple[int, ...]]) -> int:
+        return count * sum(-(-int(np.prod(shapes[f.name])) * f.dtype.itemsize // 8) * 8 for f in FIELDS)
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        return self._views[k]
+
+
+def _rebuild_error(exc: BaseException, traceback_text: str) -> BaseException:
+    exc.__cause__ = _ReaderTraceback(traceback_text)
+    return exc
+
+
+class _ReaderTraceback(Exception):
+    """Where a reader process raised: shown as the cause of the error the caller gets."""
+
+    def __str__(self) -> str:
+        return f"in the reader process:\n{self.args[0]}"
+
+
+class _PortableError:
+    """An exception sent from a reader process: pickling drops its traceback, so the
+    text travels beside it; one that cannot be pickled arrives as a RuntimeError."""
+
+    def __init__(self, exc: BaseException):
+        self.text = "".join(traceback.format_exception(exc)).rstrip()
+        try:
+            pickle.dumps(exc)
+            self.exc = exc
+        except Exception:
+            self.exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+
+    def __reduce__(self) -> tuple:
+        return _rebuild_error, (self.exc, self.text)
+
+
+def _read_in_process(schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int], step: int,
+                     shapes: dict[str, tuple[int, ...]], buffer: Any, count: int, free: Any,
+                     conn: Connection, stop: Any) -> None:
+    """Body of reader process w: batches w, w + n, w + 2n, ... of the caller's sequence."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's; it stops us
+    parent = multiprocessing.parent_process()
+    slots, sent = _Slots(buffer, count, shapes), 0
+
+    def running() -> bool:  # never outlive the caller, even one killed with SIGKILL
+        return not stop.is_set() and parent is not None and parent.is_alive()
+
+    def send(item: Any) -> bool:
+        nonlocal sent
+        if isinstance(item, BaseException):
+            conn.send(_PortableError(item))
+            return True
+        while not free.acquire(timeout=0.1):  # slot `sent % count` is free once acquired
+            if not running():
+                return False
+        if not running():
+            return False
+        epoch, index, arrays = item
+        k = sent % count
+        for name, array in arrays.items():
+            slots[k][name][...] = array
+        conn.send((epoch, index, k))
+        sent += 1
+        return True
+
+    try:
+        _produce(schedule, files, start, step, send)
+    except (BrokenPipeError, EOFError):  # the caller closed its end: nothing to report to
+        return
+    while running():  # after an error: wait to be stopped, as a thread would
+        stop.wait(0.1)
+
+
+def _stop_processes(stop: Any, processes: list[BaseProcess], connections: list[Connection]) -> None:
+    stop.set()
+    started = [p for p in processes if p.pid is not None]
+    for p in started:
+        p.join(timeout=5)  # a reader sees the stop within 0.1 s, or after its current read
+    for p in started:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for conn in connections:
+        conn.close()
+
+
+class _ReaderProcesses:
+    """`n` reader processes from one start position: reader w reads batches w, w + n, ...
+    after it into its own slots, and the caller takes them strictly in turn."""
+
+    def __init__(self, schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int],
+                 depth: int, n: int, shapes: dict[str, tuple[int, ...]]):
+        context = multiprocessing.get_context(_START_METHOD)
+        if _START_METHOD == "forkserver":
+            context.set_forkserver_preload([__name__])  # imported once, not once per reader
+        count = -(-depth // n)  # prefetched batches per reader
+        stop = context.Event()
+        self._connections: list[Connection] = []
+        self._slots: list[_Slots] = []
+        self._free: list[Any] = []
+        self._processes: list[BaseProcess] = []
+        self.stop = weakref.finalize(self, _stop_processes, stop, self._processes, self._connections)
+        for w in range(n):
+            receive, send = context.Pipe(duplex=False)
+            buffer = context.RawArray("b", _Slots.nbytes(count, shapes))
+            free = context.Semaphore(count)
+            process = context.Process(
+                target=_read_in_process, name=f"pretraining-reader-{w}", daemon=True,
+                args=(schedule, files, schedule.advance(*start, w), n, shapes, buffer, count, free,
+                      send, stop))
+            self._connections.append(receive)
+            self._slots.append(_Slots(buffer, count, shapes))
+            self._free.append(free)
+            self._processes.append(process)
+            process.start()
+            # The reader holds the only sending end now, so its death reads as end of file
+            # and a blocked receive can never hang.
+            send.close()
+        self._turn = 0
+
+    def get(self) -> Any:
+        w = self._turn
+        try:
+            message = self._connections[w].recv()
+        except EOFError:
+            process = self._processes[w]
+            process.join(timeout=1)
+            return RuntimeError(f"loader reader process {process.name} (pid {process.pid}) ended "
+                                f"without a batch or an error, exit code {process.exitcode}")
+        if isinstance(message, BaseException):
+            return message
+        epoch, index, k = message
+        batch = PretrainingBatch.from_numpy(self._slots[w][k])  # copies: the slot is free again
+        self._free[w].release()
+        self._turn = (w + 1) % len(self._processes)
+        return epoch, index, batch
 
 
 class PretrainingDataLoader:
@@ -332,15 +566,23 @@ class PretrainingDataLoader:
     With drop_last=True the rows past the last full round of `world_size` micro-batches
     are skipped this epoch (a different set each epoch). With drop_last=False the epoch
     is padded with rows from its start, so every row is seen and batches stay full.
+
+    `prefetch_batches` bounds the batches read ahead (per reader: the ceiling of
+    prefetch_batches / num_workers). `num_workers=1` reads in one background thread;
+    `num_workers=n > 1` starts n reader processes at the first batch (and again after
+    load_state_dict or an error), which costs ~1-2 s the first time in a process and
+    tens of ms after. The batches are the same for every num_workers.
     """
 
     def __init__(self, shard_set_info: ShardSetInfo, micro_batch_size: int, rank: int,
-                 world_size: int, seed: int, drop_last: bool = True, prefetch_batches: int = 4):
+                 world_size: int, seed: int, drop_last: bool = True, prefetch_batches: int = 4,
+                 num_workers: int = 1):
         if micro_batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need micro_batch_size >= 1 and 0 <= rank < world_size, got "
                              f"{micro_batch_size=}, {rank=}, {world_size=}")
-        if seed < 0 or prefetch_batches < 1:
-            raise ValueError(f"need seed >= 0 and prefetch_batches >= 1, got {seed=}, {prefetch_batches=}")
+        if seed < 0 or prefetch_batches < 1 or num_workers < 1:
+            raise ValueError(f"need seed >= 0, prefetch_batches >= 1 and num_workers >= 1, got "
+                             f"{seed=}, {prefetch_batches=}, {num_workers=}")
         rows_per_round = micro_batch_size * world_size
         total = shard_set_info.total_rows
         per_epoch = total // rows_per_round if drop_last else -(-total // rows_per_round)
@@ -351,8 +593,9 @@ class PretrainingDataLoader:
         self.seed = seed
         self._schedule = _Schedule(shard_set_info.rows, micro_batch_size, rank, world_size, seed, per_epoch)
         self._depth = prefetch_batches
+        self.num_workers = num_workers
         self._epoch, self._consumed = 0, 0  # position of the next batch handed out
-        self._prefetcher: _Prefetcher | None = None
+        self._prefetcher: _Prefetcher | _ReaderProcesses | None = None
         self._closed = False
 
     @property
@@ -367,15 +610,21 @@ class PretrainingDataLoader:
         if self._closed:
             raise RuntimeError("PretrainingDataLoader is closed")
         if self._prefetcher is None:
-            self._prefetcher = _Prefetcher(self._schedule, self.info.files,
-                                           (self._epoch, self._consumed), self._depth)
+            start = (self._epoch, self._consumed)
+            if self.num_workers == 1:
+                self._prefetcher = _Prefetcher(self._schedule, self.info.files, start, self._depth)
+            else:
+                shapes = {f.name: expected_shape(f, self._schedule.micro_batch_size, self.info.seq_len,
+                                                 self.info.max_pred) for f in FIELDS}
+                self._prefetcher = _ReaderProcesses(self._schedule, self.info.files, start,
+                                                    self._depth, self.num_workers, shapes)
         item = self._prefetcher.get()
         if isinstance(item, BaseException):
-            # The thread has ended; the next call starts a new one at the same position.
+            # The readers stop; the next call starts new ones at the same position.
             self._stop_prefetch()
             raise item
         epoch, index, batch = item
-        self._epoch, self._consumed = self._schedule.after(epoch, index)
+        self._epoch, self._consumed = self._schedule.advance(epoch, index)
         return batch
 
     def state_dict(self) -> dict[str, int]:
