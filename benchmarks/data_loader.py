@@ -1,19 +1,25 @@
 """Data loading: samples/s the HDF5 loader delivers per rank vs what training consumes.
 
     python -m benchmarks.data_loader [--data DIR] [--compression gzip] [--batch-size 4]
+                                     [--workers 1 2 4]
 
 Reads `--data` (a shard directory, e.g. DATA/train) or, without it, a synthetic shard
 set written by tests/shard_factory.py in the pretraining schema (gzip with 64-row
 chunks, as data_prep writes, or uncompressed). The loader is bing_bert_pld.data's
 PretrainingDataLoader as the trainer builds it, as rank 0 of --world-size ranks, and is
-timed alone. Training consumption is measured with training steps of the model at the
-same micro-batch (or given with --train-samples-per-sec). For GPU planning it also
-prints what a GPU at a given MFU would consume.
+timed alone, once per `--workers` count (num_workers: 1 = one reader thread, n > 1 = n
+reader processes, which only help where the machine has cores for them). The first
+batch is not timed: its latency, printed as start-up, includes starting the readers
+(and, the first time in a process, the forkserver). Training consumption is measured
+with training steps of the model at the same micro-batch (or given with
+--train-samples-per-sec). For GPU planning it also prints what a GPU at a given MFU
+would consume.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -33,14 +39,16 @@ H100_BF16_PEAK = 989.4e12
 
 
 def loader_samples_per_sec(info, micro_batch: int, world_size: int, batches: int,
-                           prefetch: int, seed: int) -> float:
+                           prefetch: int, seed: int, workers: int) -> tuple[float, float]:
+    """(seconds to the first batch, samples/s over the next `batches`)."""
+    started = time.perf_counter()
     with PretrainingDataLoader(info, micro_batch, rank=0, world_size=world_size, seed=seed,
-                               prefetch_batches=prefetch) as loader:
-        next(loader)  # thread start and first shard open are not steady state
+                               prefetch_batches=prefetch, num_workers=workers) as loader:
+        next(loader)  # reader start and first shard open are not steady state
         start = time.perf_counter()
         for _ in range(batches):
             next(loader)
-        return batches * micro_batch / (time.perf_counter() - start)
+        return start - started, batches * micro_batch / (time.perf_counter() - start)
 
 
 def training_samples_per_sec(setup, args) -> float:
@@ -65,8 +73,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rows-per-shard", type=int, default=2048, help="synthetic rows")
     parser.add_argument("--world-size", type=int, default=1,
                         help="the loader is rank 0 of this many (it reads 1/W of the rows)")
-    parser.add_argument("--loader-batches", type=int, default=200, help="batches timed")
+    parser.add_argument("--loader-batches", type=int, default=1000,
+                        help="batches timed (may cross epochs, as training does)")
     parser.add_argument("--prefetch", type=int, default=8, help="as the trainer's default")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="loader num_workers to time, one run each")
     parser.add_argument("--train-samples-per-sec", type=float, default=None,
                         help="skip measuring the training step; use this consumption")
     parser.add_argument("--gpu-mfu", type=float, default=0.4,
@@ -91,30 +102,32 @@ def main(argv=None) -> int:
             data, source = args.data, args.data
         info = validate_shard_set(data, args.seq_len, args.max_pred, config.vocab_size,
                                   check_values=False)
-        # Within one epoch on rank 0 of W: batches come from every shard in turn.
-        per_epoch = info.total_rows // (args.batch_size * args.world_size)
-        batches = min(args.loader_batches, per_epoch - 1)
-        delivered = loader_samples_per_sec(info, args.batch_size, args.world_size, batches,
-                                           args.prefetch, args.seed)
+        runs = {w: loader_samples_per_sec(info, args.batch_size, args.world_size,
+                                          args.loader_batches, args.prefetch, args.seed, w)
+                for w in args.workers}
 
     if args.train_samples_per_sec is not None:
         consumed, how = args.train_samples_per_sec, "given"
     else:
         consumed = training_samples_per_sec(setup, args)
         how = f"measured, {args.model_config} {setup.dtype_name}, median of {args.reps} steps"
-    ratio = delivered / consumed
     f_seq = flops.training_flops_per_sequence(config, args.seq_len, args.max_pred)
     gpu = args.gpu_mfu * H100_BF16_PEAK / f_seq
 
-    print(f"machine: {describe_machine(setup)}")
+    def verdict(ratio: float) -> str:
+        return f"{ratio:.2f}x ({'met' if ratio >= TARGET_RATIO else 'NOT met'})"
+
+    print(f"machine: {describe_machine(setup)} | {os.cpu_count()} CPU cores")
     print(f"data: {source}; seq {args.seq_len}, max_pred {args.max_pred}, micro-batch "
-          f"{args.batch_size}, rank 0 of {args.world_size}, {batches} batches timed")
-    print(f"loader delivers: {delivered:.0f} samples/s per rank")
+          f"{args.batch_size}, rank 0 of {args.world_size}, {args.loader_batches} batches timed")
     print(f"training consumes: {consumed:.2f} samples/s per rank ({how})")
-    print(f"loader / training: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x: "
-          f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
     print(f"GPU reference: {args.model_config} on an H100 at {100 * args.gpu_mfu:.0f}% MFU "
-          f"consumes {gpu:.0f} samples/s; loader / that = {delivered / gpu:.1f}x")
+          f"consumes {gpu:.0f} samples/s")
+    print(f"target: loader / consumption >= {TARGET_RATIO:.0f}x")
+    for workers, (startup, delivered) in runs.items():
+        print(f"workers {workers}: start-up {startup:.2f} s, loader delivers {delivered:.0f} "
+              f"samples/s per rank; loader / training {verdict(delivered / consumed)}; "
+              f"loader / GPU {verdict(delivered / gpu)}")
     return 0
 
 

@@ -11,9 +11,17 @@ Design choices:
   never waits for a rank that ran out of data.
 - Because the order is pure, a resume position is just (epoch, batches handed to the
   caller): the loader jumps there without replaying the epoch.
-- One background thread reads ahead into a bounded queue; h5py objects live only on
-  that thread. It is a daemon and is stopped at close(), at garbage collection and at
-  interpreter exit, so it never keeps a process alive.
+- Readers run beside the caller and read ahead into bounded buffers; h5py objects live
+  only in them. With num_workers=1 it is one daemon thread. h5py holds the GIL, so more
+  readers are processes: reader w of n reads batches w, w + n, ... of the same pure
+  schedule, and the caller takes them strictly in turn, so the batches, state_dict()
+  and errors do not depend on n. Readers are stopped at close(), at garbage collection
+  and at interpreter exit, and a reader process also stops when its caller dies, so
+  none keeps running without its loader.
+- Rows are taken with numpy indexing, ~20x faster than h5py's per-row reads:
+  uncompressed shards (data_prep's default) are memory-mapped; compressed ones are
+  copied into the reader's memory chunk by chunk as their rows are first needed, so
+  each chunk is decompressed once per reader while its shard is open.
 """
 
 from __future__ import annotations
@@ -248,21 +256,47 @@ class _Schedule:
 
 # ---------------------------------------------------------------- reading
 
-# Chunk cache of each dataset of an open compressed shard (h5py's default: 1 MiB). Random
-# rows touch many chunks; with the datasets kept open and a cache this size a chunk is
-# decompressed about once per pass over a shard of up to ~32k rows at seq 128, not once
-# per batch. At most six such caches per open shard, filled only as chunks are read.
-_CHUNK_CACHE_BYTES = 16 << 20
+class _InMemory:
+    """A field that cannot be mapped (compressed, chunked): copied into memory block by
+    block of chunk rows as its rows are first needed. Reading h5py rows directly costs
+    ~2 ms for the six fields of a 64-row batch even with every chunk in h5py's cache,
+    3x more than this; the price is memory, up to the field's uncompressed size per
+    reader (NVIDIA's loader holds whole shards too)."""
+
+    def __init__(self, ds: h5py.Dataset):
+        self._ds = ds
+        self._block = ds.chunks[0] if ds.chunks else _BLOCK_ROWS
+        self._array = np.empty(ds.shape, ds.dtype)  # pages are committed as blocks arrive
+        self._loaded = np.zeros(-(-ds.shape[0] // self._block), dtype=bool)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        blocks = np.unique(rows // self._block)
+        for b in blocks[~self._loaded[blocks]]:
+            # Whole chunks, each read (and decompressed) once while the shard is open.
+            block = np.s_[b * self._block:min((b + 1) * self._block, len(self._array))]
+            self._ds.read_direct(self._array, block, block)
+            self._loaded[b] = True
+        return self._array[rows]
+
+
+_BLOCK_ROWS = 4096  # rows per read of an unchunked field that cannot be mapped (compact, external)
 
 
 class _Shard:
-    """One open shard. Uncompressed (contiguous) fields are memory-mapped: numpy's row
-    indexing is ~20x faster than h5py's per-row selections. Compressed fields are read
-    through h5py datasets kept open, so that their chunk cache lives across batches."""
+    """One open shard. Uncompressed (contiguous) fields are memory-mapped, so readers and
+    ranks share the page cache; others are copied into memory as they are needed. Either
+    way rows are taken with numpy indexing, ~20x faster than h5py's per-row reads."""
 
     def __init__(self, path: Path):
-        self._file = h5py.File(path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
-        self._fields: dict[str, np.ndarray | h5py.Dataset] = {}
+        self._file = h5py.File(path, "r")
+        self._fields: dict[str, np.ndarray | _InMemory] = {}
+        try:
+            self._open_fields(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_fields(self, path: Path) -> None:
         mapped = None
         for name in FIELD_NAMES:
             ds = self._file[name]
@@ -270,7 +304,7 @@ class _Shard:
             # external or virtual (an empty dataset's may be bogus: never read anyway).
             offset = ds.id.get_offset()
             if offset is None or ds.size == 0 or not ds.dtype.isnative:
-                self._fields[name] = ds
+                self._fields[name] = _InMemory(ds)
                 continue
             if mapped is None:
                 with open(path, "rb") as f:
@@ -279,19 +313,8 @@ class _Shard:
             self._fields[name] = np.frombuffer(mapped, ds.dtype, ds.size, offset).reshape(ds.shape)
 
     def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The rows, in the order given (repeats allowed)."""
-        out, h5_order = {}, None
-        for name, field in self._fields.items():
-            if isinstance(field, np.ndarray):
-                out[name] = field[rows]
-                continue
-            # h5py reads increasing, unique indices only: read sorted, then restore the
-            # shuffled order (duplicates appear when a tiny set is padded by wrapping).
-            if h5_order is None:
-                h5_order = np.unique(rows, return_inverse=True)
-            unique, inverse = h5_order
-            out[name] = field[unique][inverse]
-        return out
+        """The rows, in the order given (repeats appear when a tiny set is padded)."""
+        return {name: field[rows] for name, field in self._fields.items()}
 
     def close(self) -> None:
         self._fields.clear()  # the map is unmapped with the last array viewing it
@@ -398,36 +421,51 @@ class _Prefetcher:
 
 # ---------------------------------------------------------------- reader processes (num_workers>1)
 
-# fork is unsafe in a training process: it copies only the calling thread, so locks held
-# by torch's OpenMP pool, DeepSpeed/NCCL or h5py threads stay locked in the child, and CUDA
-# cannot be used after it. The forkserver is a fresh single-threaded process (started once
-# per process, ~1-2 s: it imports this module and torch) that forks each reader in ms and
-# does not re-import the caller's __main__ (the trainer and DeepSpeed), as spawn would.
+# Not fork: a training process has threads (torch's OpenMP pool, DeepSpeed/NCCL, this
+# module's own prefetch threads), fork copies only the calling one, so a lock another
+# thread holds stays locked forever in the child, and CUDA cannot be used after fork.
+# The forkserver is a fresh single-threaded process, started once per process (~1 s: it
+# imports this module and torch), that forks each reader in a few ms; spawn would import
+# torch again in every reader. Both import the caller's __main__ module in each reader
+# (as __mp_main__), so a script that makes loaders needs `if __name__ == "__main__":`.
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class _Slots:
     """`count` buffers in shared memory, each holding every field of one batch: a reader
-    writes a batch there and sends only (epoch, index, slot) through its pipe."""
+    writes a batch there and sends only (epoch, index, slot) through its pipe, far less
+    than pickling the arrays through it. Passed to the reader when it starts."""
 
-    def __init__(self, buffer: Any, count: int, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, count: int, shapes: dict[str, tuple[int, ...]], buffer: Any):
+        self._args = (count, shapes, buffer)
         flat = np.frombuffer(buffer, np.uint8)
-        per_slot = len(flat) // count
         self._views: list[dict[str, np.ndarray]] = []
-        for k in range(count):
-            at, views = k * per_slot, {}
+        at = 0
+        for _ in range(count):
+            views = {}
             for field in FIELDS:
-                size = int(np.prod(shapes[field.name])) * field.dtype.itemsize
-                views[field.name] = flat[at:at + size].view(field.dtype).reshape(shapes[field.name])
-                at += -(-size // 8) * 8  # keep every field 8-byte aligned
+                n = int(np.prod(shapes[field.name])) * field.dtype.itemsize
+                views[field.name] = flat[at:at + n].view(field.dtype).reshape(shapes[field.name])
+                at += _aligned(n)
             self._views.append(views)
 
-    @staticmethod
-    def nbytes(count: int, shapes: dict[str, tuple[int, ...]]) -> int:
-        return count * sum(-(-int(np.prod(shapes[f.name])) * f.dtype.itemsize // 8) * 8 for f in FIELDS)
+    @classmethod
+    def allocate(cls, context: Any, count: int, shapes: dict[str, tuple[int, ...]]) -> _Slots:
+        per_slot = sum(_aligned(int(np.prod(shapes[f.name])) * f.dtype.itemsize) for f in FIELDS)
+        return cls(count, shapes, context.RawArray("b", count * per_slot))
+
+    def __reduce__(self) -> tuple:
+        return _Slots, self._args  # the shared buffer, not a copy
 
     def __getitem__(self, k: int) -> dict[str, np.ndarray]:
         return self._views[k]
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // 8) * 8  # every field of a slot starts 8-byte aligned
 
 
 def _rebuild_error(exc: BaseException, traceback_text: str) -> BaseException:
@@ -459,12 +497,11 @@ class _PortableError:
 
 
 def _read_in_process(schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int], step: int,
-                     shapes: dict[str, tuple[int, ...]], buffer: Any, count: int, free: Any,
-                     conn: Connection, stop: Any) -> None:
+                     slots: _Slots, free: Any, conn: Connection, stop: Any) -> None:
     """Body of reader process w: batches w, w + n, w + 2n, ... of the caller's sequence."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's; it stops us
     parent = multiprocessing.parent_process()
-    slots, sent = _Slots(buffer, count, shapes), 0
+    count, sent = len(slots), 0
 
     def running() -> bool:  # never outlive the caller, even one killed with SIGKILL
         return not stop.is_set() and parent is not None and parent.is_alive()
@@ -495,8 +532,11 @@ def _read_in_process(schedule: _Schedule, files: tuple[Path, ...], start: tuple[
         stop.wait(0.1)
 
 
-def _stop_processes(stop: Any, processes: list[BaseProcess], connections: list[Connection]) -> None:
+def _stop_processes(stop: Any, processes: list[BaseProcess], connections: list[Connection],
+                    free: list[Any]) -> None:
     stop.set()
+    for semaphore in free:
+        semaphore.release()  # wakes a reader waiting for a slot, so it sees the stop at once
     started = [p for p in processes if p.pid is not None]
     for p in started:
         p.join(timeout=5)  # a reader sees the stop within 0.1 s, or after its current read
@@ -523,22 +563,21 @@ class _ReaderProcesses:
         self._slots: list[_Slots] = []
         self._free: list[Any] = []
         self._processes: list[BaseProcess] = []
-        self.stop = weakref.finalize(self, _stop_processes, stop, self._processes, self._connections)
+        self.stop = weakref.finalize(self, _stop_processes, stop, self._processes, self._connections,
+                                     self._free)
         for w in range(n):
             receive, send = context.Pipe(duplex=False)
-            buffer = context.RawArray("b", _Slots.nbytes(count, shapes))
-            free = context.Semaphore(count)
+            slots, free = _Slots.allocate(context, count, shapes), context.Semaphore(count)
             process = context.Process(
                 target=_read_in_process, name=f"pretraining-reader-{w}", daemon=True,
-                args=(schedule, files, schedule.advance(*start, w), n, shapes, buffer, count, free,
-                      send, stop))
+                args=(schedule, files, schedule.advance(*start, w), n, slots, free, send, stop))
             self._connections.append(receive)
-            self._slots.append(_Slots(buffer, count, shapes))
+            self._slots.append(slots)
             self._free.append(free)
             self._processes.append(process)
             process.start()
-            # The reader holds the only sending end now, so its death reads as end of file
-            # and a blocked receive can never hang.
+            # The reader holds the only sending end now: if it dies, a receive waiting on
+            # it ends with EOFError instead of waiting forever.
             send.close()
         self._turn = 0
 
@@ -568,10 +607,13 @@ class PretrainingDataLoader:
     is padded with rows from its start, so every row is seen and batches stay full.
 
     `prefetch_batches` bounds the batches read ahead (per reader: the ceiling of
-    prefetch_batches / num_workers). `num_workers=1` reads in one background thread;
-    `num_workers=n > 1` starts n reader processes at the first batch (and again after
-    load_state_dict or an error), which costs ~1-2 s the first time in a process and
-    tens of ms after. The batches are the same for every num_workers.
+    prefetch_batches / num_workers). `num_workers=1` reads in one background thread,
+    which holds the GIL while it reads; `num_workers=n > 1` starts n reader processes at
+    the first batch (and again after load_state_dict or an error): ~1 s the first time
+    in a process (the forkserver), tens of ms after. Processes keep reading off the
+    caller's GIL and add throughput where cores are free; each reader of a compressed
+    shard decompresses all of it (memory: up to the shard's uncompressed size per
+    reader). The batches are the same for every num_workers.
     """
 
     def __init__(self, shard_set_info: ShardSetInfo, micro_batch_size: int, rank: int,
@@ -618,7 +660,11 @@ class PretrainingDataLoader:
                                                  self.info.max_pred) for f in FIELDS}
                 self._prefetcher = _ReaderProcesses(self._schedule, self.info.files, start,
                                                     self._depth, self.num_workers, shapes)
-        item = self._prefetcher.get()
+        try:
+            item = self._prefetcher.get()
+        except BaseException:  # e.g. Ctrl-C in the middle of a message: start afresh next time
+            self._stop_prefetch()
+            raise
         if isinstance(item, BaseException):
             # The readers stop; the next call starts new ones at the same position.
             self._stop_prefetch()

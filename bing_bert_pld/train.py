@@ -61,6 +61,7 @@ class RunArgs:
     init_keep_optimizer: bool = False
     vocab_file: Optional[str] = None
     prefetch_batches: int = 8
+    loader_workers: int = 1  # 1: a reader thread; more: reader processes (fast GPUs, gzip shards)
     compile_layers: bool = False  # torch.compile each encoder layer on its own (GPU)
 
 
@@ -131,7 +132,8 @@ class Trainer:
         self.accumulation = self.engine.gradient_accumulation_steps()
         self.loader = PretrainingDataLoader(self.train_set, self.micro_batch, self.rank,
                                             self.world_size, args.seed,
-                                            prefetch_batches=args.prefetch_batches)
+                                            prefetch_batches=args.prefetch_batches,
+                                            num_workers=args.loader_workers)
         self.sink = make_sink(self.rank, self.output_dir)
         self.samples = 0
         self.elapsed_before_launch = 0.0

@@ -1,14 +1,23 @@
-"""The shard reader: validation errors, rank split, seeded order, exact resume, shutdown."""
+"""The shard reader: validation errors, rank split, seeded order, exact resume, reader
+processes that change nothing, shutdown."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -36,8 +45,7 @@ def assert_same(a: list[PretrainingBatch], b: list[PretrainingBatch]) -> None:
             assert torch.equal(getattr(x, name), getattr(y, name)), name
 
 
-@pytest.fixture
-def stamped(tmp_path):
+def write_stamped(directory, compression=None):
     """Shards of unequal sizes (one empty) whose rows carry their (shard, row) identity."""
     rows = [7, 0, 12, 5, 9]  # 33 rows
     rng = np.random.default_rng(0)
@@ -45,8 +53,14 @@ def stamped(tmp_path):
         arrays = make_arrays(n, SEQ, PRED, VOCAB, rng)
         arrays["input_ids"][:, 0] = shard
         arrays["input_ids"][:, 1] = np.arange(n)
-        write_shard(tmp_path / f"shard_{shard:05d}.hdf5", arrays)
-    return validate_shard_set(tmp_path, SEQ, PRED, VOCAB)
+        # h5py cannot chunk an empty dataset: the empty shard stays uncompressed.
+        write_shard(directory / f"shard_{shard:05d}.hdf5", arrays, compression if n else None)
+    return validate_shard_set(directory, SEQ, PRED, VOCAB)
+
+
+@pytest.fixture
+def stamped(tmp_path):
+    return write_stamped(tmp_path)  # uncompressed: memory-mapped
 
 
 def make_loader(info, **kw) -> PretrainingDataLoader:
@@ -240,7 +254,7 @@ def test_too_little_data_for_one_round(stamped):
         make_loader(stamped, micro_batch_size=17, world_size=2)
 
 
-# ---------------------------------------------------------------- thread
+# ---------------------------------------------------------------- thread (num_workers=1)
 
 def test_close_stops_the_prefetch_thread(stamped):
     before = set(threading.enumerate())
@@ -263,9 +277,160 @@ def test_dropping_a_loader_stops_its_thread(stamped):
     assert not thread.is_alive()
 
 
-def test_a_read_error_reaches_the_caller(tmp_path):
+# ---------------------------------------------------------------- read errors
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_an_unreadable_shard_is_named_in_the_callers_error(tmp_path, num_workers):
     paths = write_shard_set(tmp_path, 2, 8, SEQ, PRED, VOCAB, seed=0)
     info = validate_shard_set(tmp_path, SEQ, PRED, VOCAB)
     paths[0].write_bytes(b"truncated")  # the file changed after validation
-    with make_loader(info) as loader, pytest.raises(OSError):
-        take(loader, 4)
+    with make_loader(info, num_workers=num_workers) as loader:
+        with pytest.raises(OSError, match="shard_00000.hdf5: unreadable shard"):
+            take(loader, 4)
+        assert multiprocessing.active_children() == []  # an error stops every reader
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_a_shard_shorter_than_validated_is_named_in_the_callers_error(tmp_path, num_workers, compression):
+    paths = write_shard_set(tmp_path, 2, 8, SEQ, PRED, VOCAB, seed=0, compression=compression)
+    info = validate_shard_set(tmp_path, SEQ, PRED, VOCAB)
+    write_shard(paths[1], make_arrays(2, SEQ, PRED, VOCAB, np.random.default_rng(0)), compression)
+    with make_loader(info, num_workers=num_workers) as loader:
+        with pytest.raises(DataError, match="shard_00001.hdf5: IndexError") as err:
+            take(loader, 4)
+    if num_workers > 1:  # where the reader process raised travels with the error
+        assert "in the reader process" in str(err.value.__cause__)
+
+
+def test_a_memory_mapped_field_matches_h5py_behind_a_user_block(tmp_path):
+    arrays = make_arrays(6, SEQ, PRED, VOCAB, np.random.default_rng(0))
+    path = tmp_path / "shard.hdf5"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, array in arrays.items():
+            f[name] = array
+    shard = data._Shard(path)
+    assert all(isinstance(f, np.ndarray) for f in shard._fields.values())  # mapped, not h5py
+    rows = np.array([4, 0, 4, 2])
+    for name, got in shard.read(rows).items():
+        assert np.array_equal(got, arrays[name][rows]), name
+    shard.close()
+
+
+# ---------------------------------------------------------------- reader processes
+
+def reader_pids(loader: PretrainingDataLoader) -> list[int]:
+    return [p.pid for p in loader._prefetcher._processes]
+
+
+def assert_gone(pids: list[int], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+              for pid in pids):
+        assert time.monotonic() < deadline, f"reader processes {pids} still running"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("num_workers", [2, 3])
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_workers_yield_exactly_the_single_thread_batches(tmp_path, num_workers, compression):
+    # Rank 1 of 2 with padding: 5 batches an epoch, not a multiple of the workers.
+    info = write_stamped(tmp_path, compression)
+    args = dict(rank=1, world_size=2, drop_last=False)
+    with make_loader(info, **args) as single:
+        expected = take(single, 2 * single.batches_per_epoch)
+    with make_loader(info, num_workers=num_workers, **args) as loader:
+        assert_same(take(loader, len(expected)), expected)
+
+
+def test_num_workers_must_be_positive(stamped):
+    with pytest.raises(ValueError, match="num_workers=0"):
+        make_loader(stamped, num_workers=0)
+
+
+@pytest.mark.parametrize("num_workers", [2, 3])
+def test_resume_with_workers_continues_with_the_same_batches(stamped, num_workers):
+    with make_loader(stamped) as single:
+        expected = take(single, 12)  # 8 batches an epoch
+    for k in (3, 8, 9):
+        with make_loader(stamped, num_workers=num_workers) as first:
+            take(first, k)
+            state = first.state_dict()
+        assert state == {"epoch": k // 8, "batches_consumed_in_epoch": k % 8, "seed": 1}
+        with make_loader(stamped, num_workers=num_workers) as resumed:
+            resumed.load_state_dict(state)
+            assert_same(take(resumed, 12 - k), expected[k:])
+    with make_loader(stamped, num_workers=num_workers) as loader:  # rewind a running loader
+        take(loader, 5)
+        loader.load_state_dict({"epoch": 0, "batches_consumed_in_epoch": 2, "seed": 1})
+        assert_same(take(loader, 4), expected[2:6])
+
+
+def test_close_and_collection_stop_the_reader_processes(stamped):
+    loader = make_loader(stamped, num_workers=3)
+    next(loader)
+    pids = reader_pids(loader)
+    assert len(pids) == 3 and all(psutil.pid_exists(pid) for pid in pids)
+    loader.close()
+    assert multiprocessing.active_children() == []
+    assert_gone(pids, within=0)
+    with pytest.raises(RuntimeError, match="closed"):
+        next(loader)
+
+    loader = make_loader(stamped, num_workers=2)
+    next(loader)
+    pids = reader_pids(loader)
+    del loader
+    assert_gone(pids)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_killed_reader_process_is_an_error_not_a_hang(stamped):
+    with make_loader(stamped, num_workers=2, prefetch_batches=2) as loader:
+        next(loader)
+        victim = loader._prefetcher._processes[1]
+        victim.kill()
+        victim.join()
+        with pytest.raises(RuntimeError, match="pretraining-reader-1.*exit code -9"):
+            take(loader, 8)
+        assert multiprocessing.active_children() == []
+
+
+LEAVE_WITHOUT_CLOSING = """
+    import os, sys, time
+    from bing_bert_pld.data import PretrainingDataLoader, validate_shard_set
+
+    if __name__ == "__main__":
+        loader = PretrainingDataLoader(validate_shard_set(sys.argv[1], {SEQ}, {PRED}, {VOCAB}),
+                                       micro_batch_size=4, rank=0, world_size=1, seed=1,
+                                       num_workers=2)
+        next(loader)
+        print(" ".join(str(p.pid) for p in loader._prefetcher._processes), flush=True)
+        if sys.argv[2] == "wait":
+            time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_readers_end_with_their_process(stamped, tmp_path, how):
+    # "exit": the interpreter exits without close(); "kill": it is killed with SIGKILL.
+    script = tmp_path / "leave.py"
+    script.write_text(textwrap.dedent(LEAVE_WITHOUT_CLOSING.format(SEQ=SEQ, PRED=PRED, VOCAB=VOCAB)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # A file, not a pipe: after SIGKILL, Python's resource tracker warns about the
+    # semaphores it cleans up, and it may outlive the child.
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        child = subprocess.Popen([sys.executable, str(script), str(stamped.files[0].parent),
+                                  "wait" if how == "kill" else "exit"],
+                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    try:
+        pids = [int(pid) for pid in child.stdout.readline().split()]
+        assert len(pids) == 2, stderr.read_text()
+        if how == "kill":
+            child.kill()
+        assert child.wait(timeout=30) == (-9 if how == "kill" else 0)
+        assert_gone(pids)
+    finally:
+        child.kill()
+        child.wait()
