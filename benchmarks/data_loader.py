@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from bing_bert_pld import flops
-from bing_bert_pld.data import PretrainingDataLoader, validate_shard_set
+from bing_bert_pld.data import PretrainingDataLoader
+from bing_bert_pld.shard_validation import validate_shard_set
 from bing_bert_pld.model import BertForPreTraining
 
 from .common import (add_common_args, describe_machine, make_optimizer, median,

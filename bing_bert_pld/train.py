@@ -28,7 +28,8 @@ import torch.distributed as dist
 
 from . import checkpoint
 from .config import BertConfig, ConfigError
-from .data import DataError, PretrainingDataLoader, scan_values, validate_shard_set
+from .data import PretrainingDataLoader
+from .shard_validation import DataError, scan_values, validate_shard_set
 from .ds_config import load_training_setup, resolve_batch_sizes
 from .engine import PLDHook, init_distributed, initialize_engine
 from .metrics_log import LOG, make_sink, setup_console_logging

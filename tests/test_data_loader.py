@@ -21,8 +21,10 @@ import psutil
 import pytest
 import torch
 
-from bing_bert_pld import data
-from bing_bert_pld.data import DataError, PretrainingBatch, PretrainingDataLoader, validate_shard_set
+from bing_bert_pld import data, shard_validation
+from bing_bert_pld.batch import PretrainingBatch
+from bing_bert_pld.data import PretrainingDataLoader
+from bing_bert_pld.shard_validation import DataError, validate_shard_set
 from bing_bert_pld.schema import FIELD_NAMES, MANIFEST_NAME
 from shard_factory import make_arrays, write_shard, write_shard_set
 
@@ -152,7 +154,7 @@ def test_configuration_mismatch_names_the_setting(tmp_path):
 
 
 def test_value_scan_reads_in_blocks_and_reports_the_global_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_SCAN_BYTES", 64)  # one 16-token int32 row per uncompressed read
+    monkeypatch.setattr(shard_validation, "_SCAN_BYTES", 64)  # one 16-token int32 row per uncompressed read
     path = broken_shard(tmp_path, lambda a: a["input_ids"].__setitem__((5, 0), VOCAB + 3))
     expect_error(tmp_path, path.name, "input_ids holds 103 at row 5")
     path = broken_shard(tmp_path, lambda a: a["input_ids"].__setitem__((5, 0), VOCAB + 3), "gzip")
@@ -398,7 +400,8 @@ def test_a_killed_reader_process_is_an_error_not_a_hang(stamped):
 
 LEAVE_WITHOUT_CLOSING = """
     import os, sys, time
-    from bing_bert_pld.data import PretrainingDataLoader, validate_shard_set
+    from bing_bert_pld.data import PretrainingDataLoader
+    from bing_bert_pld.shard_validation import validate_shard_set
 
     if __name__ == "__main__":
         loader = PretrainingDataLoader(validate_shard_set(sys.argv[1], {SEQ}, {PRED}, {VOCAB}),
