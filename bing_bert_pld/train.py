@@ -168,11 +168,16 @@ class Trainer:
         return info
 
     def _check_vocab(self) -> None:
+        """--vocab_file, or the vocab.txt data_prep wrote beside the shards; recorded in
+        run_config.json so that export and fine-tuning tokenize as pretraining did."""
+        beside_shards = Path(self.args.train_dir).parent / "vocab.txt"
         if self.args.vocab_file is None:
+            self.vocab_file = beside_shards.resolve() if beside_shards.is_file() else None
             return
         vocab = Path(self.args.vocab_file)
         if not vocab.is_file():
             raise ConfigError(f"--vocab_file {vocab} does not exist")
+        self.vocab_file = vocab.resolve()
         manifest = Path(self.args.train_dir).parent / "manifest.json"
         if manifest.is_file():
             recorded = json.loads(manifest.read_text()).get("vocab_sha256")
@@ -183,7 +188,7 @@ class Trainer:
     def run_config(self) -> dict:
         return {"model_config": self.model_config.to_dict(), "run": dataclasses.asdict(self.args),
                 "deepspeed_setup": self.setup.summary(), "world_size": self.world_size,
-                "vocab_file": str(Path(self.args.vocab_file).resolve()) if self.args.vocab_file else None}
+                "vocab_file": str(self.vocab_file) if self.vocab_file else None}
 
     def _restore(self) -> None:
         tag = checkpoint.latest_tag(self.checkpoint_root) if self.args.resume == "auto" else None

@@ -166,3 +166,22 @@ def test_compiled_layers_train_like_eager_layers(tmp_path, data):
         assert trainer.pld.stats.total_active_layers < 4 * 4  # some layers were skipped
         trainer.loader.close()
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
+def test_vocabulary_beside_the_shards_is_recorded_and_a_different_one_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_shard_set(data, 1, 16, SEQ, PRED, VOCAB, seed=0, split="train")
+    vocab = data / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello"]) + "\n")
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["vocab_sha256"] = train.sha256_of(vocab)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+
+    trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=1)))
+    assert trainer.run_config()["vocab_file"] == str(vocab.resolve())
+    trainer.loader.close()
+
+    other = tmp_path / "other_vocab.txt"
+    other.write_text("[PAD]\n[UNK]\n")
+    code, err = run_main(argv(tmp_path, data, vocab_file=other), capsys)
+    assert code == 2 and "other_vocab.txt is not the vocabulary the shards were made with" in err
