@@ -10,6 +10,10 @@ set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_DIR"
 bash launch/setup.sh
+if ! python -c "import pytest" 2> /dev/null; then
+    echo "+ python -m pip install -e .[dev]   (pytest)"
+    python -m pip install -e ".[dev]"
+fi
 export DS_ACCELERATOR="${DS_ACCELERATOR:-$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}"
 echo "+ python -m pytest -q $*"
 python -m pytest -q -p no:cacheprovider --durations=15 "$@"
