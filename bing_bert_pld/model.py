@@ -12,6 +12,11 @@ Design choices:
 - Attention through scaled_dot_product_attention with a boolean padding mask.
 - Sparse MLM head: only the masked positions go through the transform and the
   decoder (tied to the word embeddings).
+- Sparse last layer: the heads read [CLS] and the masked positions only, so the last
+  block that runs computes its keys and values for every token but its queries,
+  attention output and feed-forward for those positions alone (`output_positions`).
+  Each token's output depends on its own query and everyone's keys and values, so the
+  result is the same as running the block dense and gathering afterwards.
 """
 
 from __future__ import annotations
@@ -74,13 +79,17 @@ class BertSelfAttention(nn.Module):
         batch, seq_len, _ = x.shape
         return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
+                queries: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, T, H) gives keys and values; queries (B, Q, H) default to x."""
+        queries = x if queries is None else queries
+        q = self._heads(self.query(queries))
+        k, v = self._heads(self.key(x)), self._heads(self.value(x))
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attention_mask,
-            dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, T, hd)
-        batch, _, seq_len, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, seq_len, -1)  # (B, T, H)
+            dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, Q, hd)
+        batch, _, num_queries, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, num_queries, -1)  # (B, Q, H)
 
 
 class BertAttention(nn.Module):
@@ -123,15 +132,33 @@ class BertLayer(nn.Module):
         self.output = _Projection(config.intermediate_size, config.hidden_size, config)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
-                branch_scale: float = 1.0) -> torch.Tensor:
+                branch_scale: float = 1.0,
+                output_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, T, H) -> (B, T, H), or (B, Q, H) at `output_positions` (B, Q) only."""
         attn_norm = self.attention.output.LayerNorm
         ffn_norm = self.output.LayerNorm
+        attention = self.attention.self
         if self.pre_layer_norm:
             # h = x + G attn(LN(x)) / p ;  y = h + G ffn(LN(h)) / p
-            h = x + branch_scale * self.attention.output(self.attention.self(attn_norm(x), attention_mask))
-            return h + branch_scale * self.output(self.intermediate(ffn_norm(h)))
-        h = attn_norm(x + branch_scale * self.attention.output(self.attention.self(x, attention_mask)))
-        return ffn_norm(h + branch_scale * self.output(self.intermediate(h)))
+            normed = attn_norm(x)
+            if output_positions is None:
+                residual, queries = x, None
+            else:
+                residual, queries = gather_positions(x, output_positions), gather_positions(normed, output_positions)
+            # torch.add's alpha scales inside the add: no extra pass when 1/p_i is 1.
+            h = torch.add(residual, self.attention.output(attention(normed, attention_mask, queries)),
+                          alpha=branch_scale)
+            return torch.add(h, self.output(self.intermediate(ffn_norm(h))), alpha=branch_scale)
+        queries = None if output_positions is None else gather_positions(x, output_positions)
+        residual = x if queries is None else queries
+        h = attn_norm(torch.add(residual, self.attention.output(attention(x, attention_mask, queries)),
+                                alpha=branch_scale))
+        return ffn_norm(torch.add(h, self.output(self.intermediate(h)), alpha=branch_scale))
+
+
+def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H), positions (B, Q) -> (B, Q, H): row b holds x[b, positions[b, q]]."""
+    return torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
 class BertEncoder(nn.Module):
@@ -144,20 +171,25 @@ class BertEncoder(nn.Module):
                                  if config.pre_layer_norm else None)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
-                layer_gates: Optional[LayerGates] = None) -> torch.Tensor:
+                layer_gates: Optional[LayerGates] = None,
+                output_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H), or (B, Q, H) at `output_positions` (B, Q) only: then
+        the last block that runs is computed for those positions alone."""
         gated = self.training and layer_gates is not None
         if gated and len(layer_gates.keep) != len(self.layer):
             raise ValueError(f"{len(layer_gates.keep)} gates for {len(self.layer)} layers")
-        for index, layer in enumerate(self.layer):
-            scale = 1.0
-            if gated:
-                if not layer_gates.keep[index]:
-                    continue  # a dropped block costs nothing, forward or backward
-                scale = layer_gates.scale(index)
+        running = [index for index in range(len(self.layer))
+                   if not gated or layer_gates.keep[index]]  # a dropped block costs nothing
+        for index in running:
+            layer = self.layer[index]
+            scale = layer_gates.scale(index) if gated else 1.0
+            positions = output_positions if index == running[-1] else None
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, attention_mask, scale, use_reentrant=False)
+                x = checkpoint(layer, x, attention_mask, scale, positions, use_reentrant=False)
             else:
-                x = layer(x, attention_mask, scale)
+                x = layer(x, attention_mask, scale, positions)
+        if output_positions is not None and not running:
+            x = gather_positions(x, output_positions)  # every block dropped
         return self.final_layer_norm(x) if self.final_layer_norm is not None else x
 
 
@@ -179,13 +211,22 @@ class BertModel(nn.Module):
         self.pooler = BertPooler(config)
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor,
-                input_mask: torch.Tensor, layer_gates: Optional[LayerGates] = None
+                input_mask: torch.Tensor, layer_gates: Optional[LayerGates] = None,
+                output_positions: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (sequence output, pooled [CLS] (B, H)). The sequence output is (B, T, H),
+        or (B, Q, H) at `output_positions` (B, Q) when given: the last block then runs
+        for [CLS] and those positions only (Q may be 0 when only the pooled output is used)."""
         # True = may attend; broadcast over heads and query positions: (B, 1, 1, T).
         attention_mask = input_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, segment_ids)
-        sequence_output = self.encoder(x, attention_mask, layer_gates)  # (B, T, H)
-        return sequence_output, self.pooler(sequence_output)
+        if output_positions is None:
+            sequence_output = self.encoder(x, attention_mask, layer_gates)  # (B, T, H)
+            return sequence_output, self.pooler(sequence_output)
+        cls_position = output_positions.new_zeros(output_positions.shape[0], 1)
+        selected = self.encoder(x, attention_mask, layer_gates,
+                                torch.cat([cls_position, output_positions], dim=1))  # (B, 1+Q, H)
+        return selected[:, 1:], self.pooler(selected)
 
 
 class BertPredictionTransform(nn.Module):
@@ -209,7 +250,8 @@ class BertLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, masked_hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(masked_hidden)) + self.bias
+        # The bias rides in the same addmm as the product.
+        return F.linear(self.transform(masked_hidden), self.decoder.weight, self.bias)
 
 
 class BertPreTrainingHeads(nn.Module):
@@ -233,13 +275,13 @@ class BertForPreTraining(nn.Module):
     def forward(self, batch: PretrainingBatch,
                 layer_gates: Optional[LayerGates] = None) -> PretrainingOutput:
         self.consumed_layer_gates = layer_gates if self.training else None
-        sequence_output, pooled = self.bert(batch.input_ids, batch.segment_ids,
-                                            batch.input_mask, layer_gates)
-        # Sparse prediction: gather the real masked positions only (0 is padding: [CLS]).
-        positions = batch.masked_lm_positions
-        is_masked = positions != 0  # (B, P)
-        rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
-        masked_hidden = sequence_output[rows[is_masked], positions[is_masked]]  # (M, H)
+        # Sparse prediction: the encoder's last block and the MLM head see the masked
+        # positions only. Padding slots hold position 0 ([CLS]): computed, then dropped.
+        positions = batch.masked_lm_positions  # (B, P)
+        at_positions, pooled = self.bert(batch.input_ids, batch.segment_ids, batch.input_mask,
+                                         layer_gates, output_positions=positions)  # (B, P, H)
+        is_masked = positions != 0
+        masked_hidden = at_positions[is_masked]  # (M, H)
         mlm_logits = self.cls.predictions(masked_hidden)  # (M, V)
         mlm_labels = batch.masked_lm_ids[is_masked]
         mlm_count = mlm_labels.numel()

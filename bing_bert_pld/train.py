@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from . import checkpoint
+from . import checkpoint, flops
 from .config import BertConfig, ConfigError
 from .data import PretrainingDataLoader
 from .shard_validation import DataError, scan_values, validate_shard_set
@@ -203,6 +203,7 @@ class Trainer:
             if self.pld is not None:
                 self.pld.stats.total_micro_batches = state["pld_micro_batches"]
                 self.pld.stats.total_active_layers = state["pld_active_layers"]
+                self.pld.stats.total_empty_micro_batches = state.get("pld_empty_micro_batches", 0)
             LOG.info("resumed from %s at step %d (%d samples)", self.checkpoint_root / tag,
                      self.engine.global_steps, self.samples)
         elif self.args.init_from:
@@ -335,12 +336,15 @@ class Trainer:
                  values["pld/theta"], active, values["perf/samples_per_sec"], values["perf/elapsed_s"])
 
     def _flops_skipped(self) -> float:
-        # All encoder layers cost the same, so skipped layer runs / all layer runs is
-        # exactly the fraction of encoder FLOPs skipped.
+        # Exact over the whole run: the layers each micro-batch ran, the last of them
+        # sparse (see flops.LayerRuns), against the same micro-batches at full depth.
         if self.pld is None or self.pld.stats.total_micro_batches == 0:
             return 0.0
         stats = self.pld.stats
-        return 1.0 - stats.total_active_layers / (stats.total_micro_batches * self.pld.num_layers)
+        runs = flops.LayerRuns.from_counts(stats.total_micro_batches, stats.total_active_layers,
+                                           stats.total_empty_micro_batches)
+        return flops.encoder_flops_skipped_fraction(
+            self.model_config, self.args.max_seq_length, self.args.max_predictions_per_seq, runs)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -381,6 +385,7 @@ class Trainer:
             "theta": self.theta(),
             "pld_micro_batches": stats.total_micro_batches if stats else 0,
             "pld_active_layers": stats.total_active_layers if stats else 0,
+            "pld_empty_micro_batches": stats.total_empty_micro_batches if stats else 0,
             "loader": self.loader.state_dict(),
         }
         rank_state = {"loader": self.loader.state_dict(), "rng": checkpoint.rng_state()}

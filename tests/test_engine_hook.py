@@ -1,5 +1,7 @@
 """The PLD hook on a real DeepSpeedEngine (one gloo process, CPU)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -100,3 +102,36 @@ def test_gates_are_identical_on_every_rank_without_communication():
         draws.append([pld.sample_gates(0.6, 12, 5, step, micro).keep
                       for step in range(50) for micro in range(4)])
     assert draws[0] == draws[1]
+
+
+def test_cpu_adamw_is_torch_fused_with_berts_decay_groups_and_same_update():
+    from bing_bert_pld.engine import build_client_optimizer
+    values = {"train_micro_batch_size_per_gpu": 2,
+              "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.98],
+                                                        "eps": 1e-6, "weight_decay": 0.01}}}
+    setup = build_training_setup(values, "<test>", cuda_available=False)
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig.from_json("bert-tiny"))
+    optimizer = build_client_optimizer(setup, model)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"] is True
+    decay, no_decay = optimizer.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    is_norm_or_bias = [n.endswith("bias") or "LayerNorm" in n or "final_layer_norm" in n
+                       for n in names.values()]
+    assert len(no_decay["params"]) == sum(is_norm_or_bias) > 0
+    assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)]
+               or "final_layer_norm" in names[id(p)] for p in no_decay["params"])
+    # One step gives the update torch's reference (foreach) AdamW gives.
+    reference = copy.deepcopy(model)
+    reference_params = dict(reference.named_parameters())
+    reference_optimizer = torch.optim.AdamW(
+        [{"params": [reference_params[names[id(p)]] for p in group["params"]],
+          "weight_decay": group["weight_decay"]} for group in optimizer.param_groups],
+        lr=1e-3, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    optimizer.step(), reference_optimizer.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p, q, atol=1e-7, rtol=0), name

@@ -27,29 +27,62 @@ def test_encoder_layer_by_hand():
     assert layer.total == 912
 
 
+def test_sparse_last_layer_by_hand():
+    # T = 4 keys and values, Q = 3 queries ([CLS] and 2 predictions).
+    last = flops.encoder_layer_flops(TINY, seq_len=4, num_queries=3)
+    assert last.attention_projections == 2 * (2 * 4 * 4 * 4) + 2 * (2 * 3 * 4 * 4)  # 448
+    assert last.attention_scores == 2 * 3 * 4 * 4  # 96
+    assert last.attention_context == 2 * 3 * 4 * 4  # 96
+    assert last.ffn == 2 * (2 * 3 * 4 * 8)  # 384
+    assert last.total == 1024
+    assert flops.encoder_layer_flops(TINY, seq_len=4).total == 1280
+
+
 def test_forward_and_training_by_hand():
-    f = flops.forward_flops(TINY, seq_len=3, num_predictions=2)
+    f = flops.forward_flops(TINY, seq_len=4, num_predictions=2)
     assert f.embeddings == 0
     assert f.pooler == 2 * 4 * 4  # 32
     assert f.mlm_head == 2 * 2 * 4 * 4 + 2 * 2 * 4 * 10  # transform 64 + decoder 160
     assert f.nsp_head == 2 * 4 * 2  # 16
     assert f.outside_encoder == 272
-    assert f.encoder == 2 * 912
-    assert f.total == 2096
-    assert flops.training_flops_per_sequence(TINY, 3, 2) == 3 * 2096
-    # Layer 1 always kept, layer 2 half the time: 1.5 layers run on average.
-    assert flops.training_flops_per_sequence(TINY, 3, 2, keep=(1.0, 0.5)) == 3 * (272 + 1.5 * 912)
-    assert flops.training_flops_per_sequence(TINY, 3, 2, keep=(0, 0)) == 3 * 272
-    assert flops.predicted_speedup(TINY, 3, 2, keep=(1.0, 0.5)) == 6288 / 4920
+    assert f.encoder == 1280 + 1024  # one full block, then the sparse last one
+    assert f.total == 2576
+    assert flops.training_flops_per_sequence(TINY, 4, 2) == 3 * 2576
+    # Dense (Hugging Face's layout): every block full, the head on all 4 positions.
+    dense = flops.forward_flops(TINY, seq_len=4, num_predictions=4, sparse_outputs=False)
+    assert dense.encoder == 2 * 1280 and dense.mlm_head == 2 * 4 * 4 * 4 + 2 * 4 * 4 * 10
+    # Layer 1 always kept, layer 2 half the time: 1.5 blocks run, and always one at
+    # least, so the expectation holds one sparse block: 1.5 * 1280 - (1280 - 1024).
+    assert flops.training_flops_per_sequence(TINY, 4, 2, keep=(1.0, 0.5)) == 3 * (272 + 1664)
+    # Each layer half the time: 1 block on average, none in a quarter of the steps.
+    assert flops.training_flops_per_sequence(TINY, 4, 2, keep=(0.5, 0.5)) == 3 * (272 + 1280 - 0.75 * 256)
+    assert flops.training_flops_per_sequence(TINY, 4, 2, keep=(0, 0)) == 3 * 272
+    assert flops.training_flops_per_sequence(TINY, 4, 2, keep=(False, True)) == 3 * (272 + 1024)
+    assert flops.predicted_speedup(TINY, 4, 2, keep=(1.0, 0.5)) == 7728 / 5808
+
+
+def test_layer_runs():
+    assert flops.LayerRuns.from_keep((1.0, 0.5)) == flops.LayerRuns(1.5, 1.0)
+    assert flops.LayerRuns.from_keep((0.5, 0.5)) == flops.LayerRuns(1.0, 0.75)
+    assert flops.LayerRuns.from_keep((False, False)) == flops.LayerRuns(0.0, 0.0)
+    # 4 micro-batches ran 5 blocks in all, one ran none.
+    assert flops.LayerRuns.from_counts(4, 5, 1) == flops.LayerRuns(1.25, 0.75)
+    assert flops.LayerRuns.full_depth(12) == flops.LayerRuns(12.0, 1.0)
+    with pytest.raises(ValueError, match="micro_batches must be positive"):
+        flops.LayerRuns.from_counts(0, 0, 0)
 
 
 def test_skipped_fraction():
-    assert flops.encoder_flops_skipped_fraction((1.0, 0.5)) == 0.25
-    assert flops.encoder_flops_skipped_fraction((True, False, False, True)) == 0.5
-    assert flops.encoder_flops_skipped_fraction(keep_probabilities(0.5, 12)) == pytest.approx(
-        1 - 8.75 / 12)
-    with pytest.raises(ValueError):
-        flops.encoder_flops_skipped_fraction(())
+    assert flops.encoder_flops_skipped_fraction(TINY, 4, 2, (1.0, 0.5)) == 1 - 1664 / 2304
+    assert flops.encoder_flops_skipped_fraction(TINY, 4, 2, (True, False)) == 1 - 1024 / 2304
+    assert flops.encoder_flops_skipped_fraction(TINY, 4, 2, (False, False)) == 1.0
+    assert flops.encoder_flops_skipped_fraction(
+        TINY, 4, 2, flops.LayerRuns.from_counts(4, 5, 1)) == 1 - (1.25 * 1280 - 0.75 * 256) / 2304
+    base = BertConfig()
+    # BERT-base, seq 128, theta 0.5: 8.75 of 12 blocks; the sparse last block makes the
+    # skipped share of encoder FLOPs a little larger than the 27.1% of blocks skipped.
+    skipped = flops.encoder_flops_skipped_fraction(base, 128, 20, keep_probabilities(0.5, 12))
+    assert 1 - 8.75 / 12 < skipped < 1 - 8.75 / 12 + 0.02
     with pytest.raises(ValueError):
         flops.training_flops_per_sequence(TINY, 3, 2, keep=(1.0,))
 
@@ -57,11 +90,13 @@ def test_skipped_fraction():
 def test_bert_base_matches_published_anchor_and_pld_prediction():
     base = BertConfig()  # BERT-base
     per_seq = flops.training_flops_per_sequence(base, seq_len=128, num_predictions=20)
-    assert 69e9 < per_seq < 71e9  # "~70 GFLOP per seq-128 sequence (training)"
+    # ~70 GFLOP per seq-128 sequence (training) with a dense last block, ~66 sparse.
+    assert 65.5e9 < per_seq < 66.5e9
+    assert 69e9 < flops.training_flops_per_sequence(base, 128, 20, sparse_outputs=False) < 71e9
     keep = keep_probabilities(0.5, 12)
     assert sum(keep) == pytest.approx(expected_active_layers(0.5, 12))
-    # The encoder is ~96% of the FLOPs, so 27% fewer layers gives a ~1.35x prediction.
-    assert 1.34 < flops.predicted_speedup(base, 128, 20, keep) < 1.36
+    # The encoder is ~96% of the FLOPs, so 27% fewer layers gives a ~1.38x prediction.
+    assert 1.37 < flops.predicted_speedup(base, 128, 20, keep) < 1.39
 
 
 def test_peak_table():

@@ -161,6 +161,59 @@ def test_sparse_mlm_loss_equals_dense_loss_over_all_positions():
     assert torch.allclose(out.loss, dense + nsp, atol=1e-6)
 
 
+SPARSE_GATE_CASES = [None, (True, True, False, False), (False, True, False, True), (False,) * 4]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("pre_layer_norm", [True, False])
+@pytest.mark.parametrize("keep", SPARSE_GATE_CASES)
+def test_sparse_last_block_equals_the_dense_encoder_then_gather(keep, pre_layer_norm, checkpointing):
+    """output_positions computes the last block that runs for those positions only; the
+    outputs and every parameter's gradient equal running it dense and gathering."""
+    gates = None if keep is None else pld.LayerGates(keep=keep, keep_prob=(0.9, 0.8, 0.7, 0.6))
+    batch = make_batch()
+    positions = batch.masked_lm_positions
+    weights = torch.randn(batch.size, positions.shape[1], TINY.hidden_size,
+                          generator=torch.Generator().manual_seed(1))
+    results = []
+    for sparse in (True, False):
+        model = model_for(pre_layer_norm=pre_layer_norm, activation_checkpointing=checkpointing,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+        if sparse:
+            selected, pooled = model.bert(batch.input_ids, batch.segment_ids, batch.input_mask,
+                                          gates, output_positions=positions)
+        else:
+            sequence, pooled = model.bert(batch.input_ids, batch.segment_ids, batch.input_mask, gates)
+            selected = sequence[torch.arange(batch.size)[:, None], positions]
+        ((selected * weights).sum() + pooled.sum()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((selected.detach(), pooled.detach(), grads))
+    (sparse_out, sparse_pooled, sparse_grads), (dense_out, dense_pooled, dense_grads) = results
+    assert sparse_out.shape == (batch.size, positions.shape[1], TINY.hidden_size)
+    assert torch.allclose(sparse_out, dense_out, atol=1e-6)
+    assert torch.allclose(sparse_pooled, dense_pooled, atol=1e-6)
+    assert sparse_grads.keys() == dense_grads.keys()
+    for name, grad in sparse_grads.items():
+        assert torch.allclose(grad, dense_grads[name], atol=1e-5), name
+
+
+def test_only_the_last_block_that_runs_is_sparse():
+    model = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    batch = make_batch()  # B = 4, T = 16, P = 4 prediction slots
+    seen = {}
+    for index, layer in enumerate(model.bert.encoder.layer):
+        for name, module in (("key", layer.attention.self.key), ("query", layer.attention.self.query),
+                             ("ffn", layer.intermediate.dense)):
+            module.register_forward_hook(
+                lambda m, args, out, key=(index, name): seen.__setitem__(key, tuple(args[0].shape)))
+    gates = pld.LayerGates(keep=(True, True, False, False), keep_prob=(0.9, 0.8, 0.7, 0.6))
+    model(batch, layer_gates=gates)
+    hidden = TINY.hidden_size
+    full, sparse = (4, 16, hidden), (4, 1 + 4, hidden)  # [CLS] and the 4 slots
+    assert seen == {(0, "key"): full, (0, "query"): full, (0, "ffn"): full,
+                    (1, "key"): full, (1, "query"): sparse, (1, "ffn"): sparse}
+
+
 def test_decoder_is_tied_to_word_embeddings():
     model = model_for()
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
@@ -202,3 +255,21 @@ def test_packaged_configs_load():
     assert sum(p.numel() for p in BertForPreTraining(base).parameters()) == 110_106_428 + 1536
     post = base.replace(pre_layer_norm=False)
     assert sum(p.numel() for p in BertForPreTraining(post).parameters()) == 110_106_428
+
+
+def test_classifier_reads_cls_from_a_last_block_run_for_cls_alone():
+    from bing_bert_pld.glue.data import GlueBatch
+    from bing_bert_pld.glue.model import BertForSequenceClassification
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(TINY, num_outputs=3).eval()
+    pretraining = make_batch()
+    batch = GlueBatch(pretraining.input_ids, pretraining.input_mask, pretraining.segment_ids,
+                      torch.tensor([0, 1, 2, 0]))
+    ffn_rows = []
+    model.bert.encoder.layer[-1].intermediate.dense.register_forward_hook(
+        lambda m, args, out: ffn_rows.append(args[0].shape[1]))
+    with torch.no_grad():
+        logits = model(batch).logits
+        _, pooled = model.bert(batch.input_ids, batch.segment_ids, batch.input_mask)  # dense
+    assert ffn_rows == [1, 16]  # [CLS] only, then the dense reference's 16 tokens
+    assert torch.allclose(logits, model.classifier(pooled), atol=1e-6)

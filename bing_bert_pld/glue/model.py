@@ -2,7 +2,9 @@
 
 Classification tasks train with cross-entropy over `num_outputs` classes; STS-B
 (`num_outputs == 1`) regresses the score with mean squared error, as BERT did. The
-encoder runs full depth: no layer gates are passed, so PLD plays no part here.
+encoder runs full depth: no layer gates are passed, so PLD plays no part here. Only
+the pooled [CLS] vector is read, so the last block runs for [CLS] alone (no output
+positions requested); every earlier block runs for every token.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class BertForSequenceClassification(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, batch: GlueBatch) -> ClassifierOutput:
-        _, pooled = self.bert(batch.input_ids, batch.segment_ids, batch.input_mask)  # (B, H)
+        no_positions = batch.input_ids.new_zeros(batch.input_ids.shape[0], 0)
+        _, pooled = self.bert(batch.input_ids, batch.segment_ids, batch.input_mask,
+                              output_positions=no_positions)  # (B, H)
         logits = self.classifier(self.dropout(pooled)).float()  # (B, num_outputs)
         if self.num_outputs == 1:
             loss = F.mse_loss(logits[:, 0], batch.labels.float())
