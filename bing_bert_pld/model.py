@@ -121,6 +121,11 @@ class _Intermediate(nn.Module):
         return F.gelu(self.dense(x))  # (B, T, I)
 
 
+def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H), positions (B, Q) -> (B, Q, H): row b holds x[b, positions[b, q]]."""
+    return torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
 class BertLayer(nn.Module):
     """One switchable block: attention and feed-forward share a single gate."""
 
@@ -138,27 +143,22 @@ class BertLayer(nn.Module):
         attn_norm = self.attention.output.LayerNorm
         ffn_norm = self.output.LayerNorm
         attention = self.attention.self
+        sparse = output_positions is not None
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # the rows this block outputs
+            return gather_positions(t, output_positions) if sparse else t
+
+        # torch.add's alpha scales the branch inside the add: no extra pass for 1/p_i.
         if self.pre_layer_norm:
             # h = x + G attn(LN(x)) / p ;  y = h + G ffn(LN(h)) / p
-            normed = attn_norm(x)
-            if output_positions is None:
-                residual, queries = x, None
-            else:
-                residual, queries = gather_positions(x, output_positions), gather_positions(normed, output_positions)
-            # torch.add's alpha scales inside the add: no extra pass when 1/p_i is 1.
-            h = torch.add(residual, self.attention.output(attention(normed, attention_mask, queries)),
-                          alpha=branch_scale)
+            normed = attn_norm(x)  # keys and values need every token
+            attended = attention(normed, attention_mask, rows(normed) if sparse else None)
+            h = torch.add(rows(x), self.attention.output(attended), alpha=branch_scale)
             return torch.add(h, self.output(self.intermediate(ffn_norm(h))), alpha=branch_scale)
-        queries = None if output_positions is None else gather_positions(x, output_positions)
-        residual = x if queries is None else queries
-        h = attn_norm(torch.add(residual, self.attention.output(attention(x, attention_mask, queries)),
-                                alpha=branch_scale))
+        residual = rows(x)
+        attended = attention(x, attention_mask, residual if sparse else None)
+        h = attn_norm(torch.add(residual, self.attention.output(attended), alpha=branch_scale))
         return ffn_norm(torch.add(h, self.output(self.intermediate(h)), alpha=branch_scale))
-
-
-def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H), positions (B, Q) -> (B, Q, H): row b holds x[b, positions[b, q]]."""
-    return torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
 class BertEncoder(nn.Module):
