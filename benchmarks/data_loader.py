@@ -36,7 +36,7 @@ from .common import (add_common_args, describe_machine, make_optimizer, median,
                      setup_from_args, synthetic_batch, timed_step)
 
 TARGET_RATIO = 10.0
-H100_BF16_PEAK = 989.4e12
+H100_BF16_PEAK = flops.peak_flops_per_sec("H100")  # the SXM part's dense bf16 peak
 
 
 def loader_samples_per_sec(info, micro_batch: int, world_size: int, batches: int,

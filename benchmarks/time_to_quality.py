@@ -8,8 +8,9 @@ bert-quickstart model (12 Pre-LN layers, hidden 128) and ds_configs/cpu_small_pl
 vs ds_configs/cpu_small_baseline.json, which must differ only in the
 `progressive_layer_drop` block. Each run's budget is split into --slices pieces run
 alternately (baseline, PLD, PLD, baseline, ...) through the trainer's exact resume,
-so a change in the machine's background load hits both runs alike; startup is outside
-the measured training time (perf/elapsed_s), validation inside it.
+so a change in the machine's background load hits both runs alike. The time compared
+is the trainer's perf/train_time_s: training steps only, so start-up, validation and
+checkpoints are outside it (the budget itself runs on perf/elapsed_s, which has them).
 
 Data: --data, else the quickstart's shards (work/quickstart/data_seq128) when
 launch/quickstart.sh made them, else the same corpus built here with the same
@@ -23,13 +24,13 @@ evaluation at or below it), with the ratio. Plots and summary go to OUT/report.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from bing_bert_pld import report
+from bing_bert_pld.config import read_json_object
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART_DATA = REPO / "work" / "quickstart" / "data_seq128"
@@ -39,7 +40,7 @@ PLD_KEY = "progressive_layer_drop"
 
 
 def check_configs_differ_only_in_pld(paths: dict[str, Path]) -> None:
-    values = {name: json.loads(path.read_text()) for name, path in paths.items()}
+    values = {name: read_json_object(path, "DeepSpeed config") for name, path in paths.items()}
     if PLD_KEY not in values["pld"] or not values["pld"][PLD_KEY].get("enabled"):
         raise SystemExit(f"{paths['pld']}: no enabled '{PLD_KEY}' block")
     values["pld"].pop(PLD_KEY)
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--log-interval", type=int, default=5)
     parser.add_argument("--val-interval", type=int, default=10)
     parser.add_argument("--val-batches", type=int, default=4,
-                        help="validation time counts in perf/elapsed_s: keep it small")
+                        help="validation batches per evaluation; their time is spent from the "
+                             "budget (perf/elapsed_s), not counted in the compared time")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs in --out")
     args = parser.parse_args(argv)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     if data is None:
         data = (QUICKSTART_DATA if (QUICKSTART_DATA.parent / "data_seq128.complete").is_file()
                 else build_quickstart_data(args.out))
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = read_json_object(data / "manifest.json", "data_prep manifest")
     names = ("baseline", "pld")
     for name in names:
         if args.fresh:

@@ -66,7 +66,7 @@ class ForwardFlops:
     nsp_head: int
 
     @property
-    def encoder(self) -> int:
+    def encoder(self) -> float:
         """Full depth."""
         return self.encoder_run(LayerRuns.full_depth(self.num_layers))
 
@@ -80,7 +80,7 @@ class ForwardFlops:
         return self.embeddings + self.pooler + self.mlm_head + self.nsp_head
 
     @property
-    def total(self) -> int:
+    def total(self) -> float:
         return self.outside_encoder + self.encoder
 
 

@@ -13,10 +13,11 @@ event directory itself; a run is named after its directory. Writes to DIR:
 The summary numbers are pure functions of the scalars (tested on synthetic events):
 - time per sample = training time / train/samples at the run's last logged step, and
   the saving against the baseline in percent; training time is perf/train_time_s (the
-  time spent in training steps) where the trainer logged it, else perf/elapsed_s;
+  time spent in training steps) when every run compared logged it, else perf/elapsed_s
+  for all of them (one clock for all, said in a message);
 - encoder FLOPs saved = the last pld/encoder_flops_skipped_frac;
 - time to quality: the target is the baseline's final val/loss; each run's time is the
-  training wall-clock at its first evaluation with val/loss <= target (evaluations
+  training time at its first evaluation with val/loss <= target (evaluations
   only, no interpolation between them), and the ratio is baseline time / run time.
 A scalar logged at steps other than perf/elapsed_s's is placed on the wall-clock axis
 by linear interpolation over steps (linear extrapolation past the ends).
@@ -155,10 +156,10 @@ def interpolate(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     return y
 
 
-def time_tag(run: Run) -> str:
-    """The time axis: training-step time where logged (a run that validates more often
-    is not charged for it), else the wall clock."""
-    return TRAIN_TIME if run.get(TRAIN_TIME) is not None else ELAPSED
+def time_axis(runs: Sequence[Run]) -> str:
+    """One time axis for every run compared: training-step time where all of them logged
+    it (a run that validates more often is not charged for it), else the wall clock."""
+    return TRAIN_TIME if all(run.get(TRAIN_TIME) is not None for run in runs) else ELAPSED
 
 
 def on_axis(run: Run, tag: str, axis_tag: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -169,9 +170,9 @@ def on_axis(run: Run, tag: str, axis_tag: str) -> Optional[tuple[np.ndarray, np.
     return interpolate(series.steps, axis.steps, axis.values), series.values
 
 
-def time_per_sample(run: Run) -> Optional[float]:
-    """Training seconds per sample, over the whole run."""
-    elapsed, samples = run.get(time_tag(run)), run.get(SAMPLES)
+def time_per_sample(run: Run, axis: str) -> Optional[float]:
+    """Seconds on the time `axis` per sample, over the whole run."""
+    elapsed, samples = run.get(axis), run.get(SAMPLES)
     if elapsed is None or samples is None:
         return None
     step = min(elapsed.last_step, samples.last_step)
@@ -180,9 +181,10 @@ def time_per_sample(run: Run) -> Optional[float]:
     return spent / seen if seen > 0 else None
 
 
-def time_to_target(run: Run, target: float) -> Optional[float]:
-    """Training seconds at the first evaluation with val/loss <= target, None if never."""
-    placed = on_axis(run, VAL_LOSS, time_tag(run))
+def time_to_target(run: Run, target: float, axis: str) -> Optional[float]:
+    """Seconds on the time `axis` at the first evaluation with val/loss <= target, None
+    if never."""
+    placed = on_axis(run, VAL_LOSS, axis)
     if placed is None:
         return None
     times, losses = placed
@@ -245,17 +247,21 @@ def summarize(runs: Sequence[Run], baseline_name: Optional[str] = None) -> Summa
             messages.append(f"{run.name}: missing {', '.join(missing)}; "
                             "the numbers that need them are n/a")
 
+    axis = time_axis(runs)
+    if axis == ELAPSED and any(run.get(TRAIN_TIME) is not None for run in runs):
+        messages.append(f"not every run logged {TRAIN_TIME}: all are timed by {ELAPSED} "
+                        "(validation and checkpoints included)")
     target = _last(base, VAL_LOSS)
-    base_tps = time_per_sample(base)
-    base_ttq = time_to_target(base, target) if target is not None else None
+    base_tps = time_per_sample(base, axis)
+    base_ttq = time_to_target(base, target, axis) if target is not None else None
     if target is None:
         messages.append(f"baseline {base.name} has no {VAL_LOSS}: no time to quality")
 
     rows = []
     for run in runs:
-        tps = time_per_sample(run)
-        ttq = time_to_target(run, target) if target is not None else None
-        measurable = target is not None and on_axis(run, VAL_LOSS, time_tag(run)) is not None
+        tps = time_per_sample(run, axis)
+        ttq = time_to_target(run, target, axis) if target is not None else None
+        measurable = target is not None and on_axis(run, VAL_LOSS, axis) is not None
         if measurable and ttq is None:
             best = float(run.get(VAL_LOSS).values.min())
             messages.append(f"{run.name}: never reached the target val/loss {target:.4f} "
@@ -265,7 +271,7 @@ def summarize(runs: Sequence[Run], baseline_name: Optional[str] = None) -> Summa
             name=run.name, baseline=run is base, uses_pld=run.uses_pld,
             last_step=max((s.last_step for s in run.scalars.values()), default=None),
             samples=samples.last if samples is not None else None,
-            elapsed_s=_last(run, time_tag(run)),
+            elapsed_s=_last(run, axis),
             time_per_sample_s=tps,
             time_saving_pct=(100.0 * (1.0 - tps / base_tps)
                              if tps is not None and base_tps else None),
@@ -364,9 +370,10 @@ def write_plots(runs: Sequence[Run], out_dir: Path) -> tuple[list[Path], list[st
         written.append(path)
         return True
 
-    # Loss vs training time (each run on its own time axis, see time_tag), in one unit.
-    elapsed_max = max((r.get(time_tag(r)).values.max() for r in runs
-                       if r.get(time_tag(r)) is not None), default=0.0)
+    # Loss vs training time, every run on the same time axis (see time_axis).
+    time_tag = time_axis(runs)
+    elapsed_max = max((r.get(time_tag).values.max() for r in runs
+                       if r.get(time_tag) is not None), default=0.0)
     scale, unit = _time_unit(float(elapsed_max))
     for by_time, filename, xlabel in ((True, "loss_vs_time.png", f"training time ({unit})"),
                                       (False, "loss_vs_samples.png", "samples")):
@@ -374,13 +381,13 @@ def write_plots(runs: Sequence[Run], out_dir: Path) -> tuple[list[Path], list[st
         for title, tag in (("validation loss", VAL_LOSS), ("training loss", TRAIN_LOSS)):
             curves = []
             for run in runs:
-                placed = on_axis(run, tag, time_tag(run) if by_time else SAMPLES)
+                placed = on_axis(run, tag, time_tag if by_time else SAMPLES)
                 if placed is not None:
                     x = placed[0] / scale if by_time else placed[0]
                     curves.append((run, run.name, x, placed[1], "-"))
             panels.append((title, curves))
         if not figure(filename, panels, xlabel):
-            axis = f"{TRAIN_TIME} or {ELAPSED}" if by_time else SAMPLES
+            axis = time_tag if by_time else SAMPLES
             skipped.append(f"{filename}: no run has {VAL_LOSS} or {TRAIN_LOSS} with {axis}")
 
     theta_curves, active_curves = [], []

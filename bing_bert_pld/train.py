@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 
 from . import checkpoint, flops
 from .config import BertConfig, ConfigError
@@ -199,7 +200,8 @@ class Trainer:
             checkpoint.restore_rng_state(rank_state["rng"])
             self.samples = state["samples"]
             self.elapsed_before_launch = state["elapsed_s"]
-            self.train_seconds = state["train_time_s"]
+            # Checkpoints from before train_time_s was kept: their elapsed time.
+            self.train_seconds = state.get("train_time_s", state["elapsed_s"])
             if self.pld is not None:
                 self.pld.stats.total_micro_batches = state["pld_micro_batches"]
                 self.pld.stats.total_active_layers = state["pld_active_layers"]
@@ -240,8 +242,10 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step over `accumulation` micro-batches.
 
-        Returns this rank's mean (loss, mlm_loss, nsp_loss) as a tensor on the device:
-        reading it (.item()) would wait for the GPU, so that happens once per log line.
+        Returns this rank's mean (loss, mlm_loss, nsp_loss) as a tensor on the device,
+        read (.item()) once per log line. The step ends by waiting for the device, so the
+        step time is the step's own and not the queue's (one wait per step, which the
+        stop check's all-reduce needs anyway).
         """
         totals = torch.zeros(len(LOSS_KEYS), device=self.engine.device)
         for _ in range(self.accumulation):
@@ -251,6 +255,7 @@ class Trainer:
             self.engine.step()
             totals += torch.stack([getattr(output, key).detach().float() for key in LOSS_KEYS])
         self.samples += self.engine.train_batch_size()
+        get_accelerator().synchronize()
         return totals / self.accumulation
 
     def should_stop(self) -> Optional[str]:
@@ -260,9 +265,10 @@ class Trainer:
                  args.max_time_minutes is not None and self.elapsed() >= 60 * args.max_time_minutes]
         flags = torch.tensor(local, dtype=torch.int32, device=self.engine.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if flags[0]:
+        stop_signal, over_time = flags.tolist()  # one copy to the host
+        if stop_signal:
             return "signal"
-        if flags[1]:
+        if over_time:
             return "time budget"
         if args.max_steps is not None and self.step >= args.max_steps:
             return "max_steps"

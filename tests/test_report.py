@@ -152,3 +152,33 @@ def test_no_events(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no TensorBoard event files" in capsys.readouterr().err
+
+
+def with_train_time(scalars, seconds_per_step):
+    """The trainer's perf/train_time_s: training steps only, here a fixed share of elapsed."""
+    steps = [s for s, _ in scalars["perf/elapsed_s"]]
+    return {**scalars, "perf/train_time_s": [(s, seconds_per_step * s) for s in steps]}
+
+
+def test_training_time_is_the_axis_when_every_run_logged_it(tmp_path):
+    runs = [report.load_run(write_run(tmp_path / "baseline", with_train_time(baseline_scalars(), 0.5))),
+            report.load_run(write_run(tmp_path / "pld", with_train_time(pld_scalars(), 0.375)))]
+    summary = report.summarize(runs)
+    base, pld = summary.runs
+    assert base.time_per_sample_s == 5.0 / 320 and pld.time_per_sample_s == 4.5 / 384
+    assert base.elapsed_s == 5.0 and pld.elapsed_s == 4.5
+    # val/loss 5.0 at step 10 (baseline) and step 8 (PLD): 5.0 s vs 0.375 * 8 = 3.0 s.
+    assert base.time_to_target_s == 5.0 and pld.time_to_target_s == 3.0
+    assert pld.time_to_target_speedup == 5.0 / 3.0
+    assert not any("timed by" in m for m in summary.messages)
+
+
+def test_runs_fall_back_to_the_wall_clock_together(tmp_path):
+    """One run without perf/train_time_s: both are timed by perf/elapsed_s, never mixed."""
+    runs = [report.load_run(write_run(tmp_path / "baseline", baseline_scalars())),
+            report.load_run(write_run(tmp_path / "pld", with_train_time(pld_scalars(), 0.375)))]
+    summary = report.summarize(runs)
+    base, pld = summary.runs
+    assert base.time_per_sample_s == 10.0 / 320 and pld.time_per_sample_s == 9.0 / 384
+    assert base.time_to_target_s == 10.0 and pld.time_to_target_s == 6.0
+    assert any("all are timed by perf/elapsed_s" in m for m in summary.messages)
