@@ -39,7 +39,7 @@ from data_prep.vocab import CLS, MASK, SEP, Vocab, load_vocab
 log = logging.getLogger(__name__)
 
 VOCAB_FILE = "vocab.txt"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: truncation draws with getrandbits; bucket draws before masking
 _MASK_BATCH = 4096  # instances masked at once: bounds the (batch, seq_len) temporaries
 # First word of every spawn key, so unit streams and shuffle streams never coincide.
 UNIT_STREAM, SHUFFLE_STREAM = 0, 1

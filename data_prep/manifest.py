@@ -1,4 +1,4 @@
-"""The shard set's manifest (docs/CONTRACTS.md) and the output-directory guard.
+"""The shard set's manifest (manifest.json) and the output-directory guard.
 
 A manifest has two halves. The *request* (settings, vocabulary, inputs) says what the
 shards are; training checks its configuration against it, and a rerun compares its

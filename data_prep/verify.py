@@ -132,13 +132,15 @@ def _list_shards(path: Path, manifest_dir: Path | None, manifest: dict | None,
         return [(path, listed.get(path.resolve()))]
     if manifest is None:
         return [(p, None) for p in sorted(path.rglob("*" + SHARD_SUFFIX))]
-    listed = _manifest_rows(manifest_dir, manifest)
+    # Only the manifest's shards under `path`: verifying one split says nothing of the other.
+    root = path.resolve()
+    listed = {p: rows for p, rows in _manifest_rows(manifest_dir, manifest).items() if root in p.parents}
     present = {p.resolve() for p in path.rglob("*" + SHARD_SUFFIX)}
     for extra in sorted(present - set(listed)):
         report.defects.append(Defect(_display_name(extra, manifest_dir), None, "manifest", "shard not in the manifest"))
     for missing in sorted(set(listed) - present):
         report.defects.append(Defect(_display_name(missing, manifest_dir), None, "manifest", "listed shard is missing"))
-    return [(p, rows) for p, rows in listed.items() if p in present and (path.resolve() in p.parents)]
+    return [(p, rows) for p, rows in listed.items() if p in present]
 
 
 def _manifest_rows(manifest_dir: Path | None, manifest: dict | None) -> dict[Path, int]:

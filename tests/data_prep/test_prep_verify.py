@@ -166,3 +166,14 @@ def test_cli_prints_statistics_and_exits_1_on_a_defect(nvidia_style, vocab_path,
 def test_without_a_vocabulary_size_ids_cannot_be_checked(nvidia_style, capsys):
     assert run_cli("verify", nvidia_style) == 2
     assert "pass --vocab or --vocab-size" in capsys.readouterr().err
+
+
+def test_one_split_is_verified_against_its_own_part_of_the_manifest(tmp_path, wiki_run):
+    out = tmp_path / "out"
+    shutil.copytree(wiki_run, out, ignore=shutil.ignore_patterns("work"))
+    assert set(json.loads((out / "manifest.json").read_text())["splits"]) == {"train", "validation"}
+    assert verify(out / "train").ok and verify(out / "validation").ok
+    (out / "train" / "shard_00001.hdf5").unlink()
+    assert verify(out / "validation").ok
+    assert [(d.shard, d.message) for d in verify(out / "train").defects] == [
+        ("train/shard_00001.hdf5", "listed shard is missing")]
