@@ -28,13 +28,24 @@ require_package() {
         || die "the bing_bert_pld package is not importable by ${PYTHON:-python}: run 'bash launch/setup.sh' (or set PYTHONPATH to the repository root)"
 }
 
-# A shard set as data_prep writes it: DIR/train and DIR/validation with *.hdf5 files.
+# A shard set as data_prep writes it: DIR/train with *.hdf5 files, and DIR/validation
+# when the set has a validation split (data_prep --validation-fraction 0 writes none).
 require_shards() {
     local split
     for split in train validation; do
+        [[ "$split" == validation && ! -e "$1/$split" ]] && continue
         require_dir "$1/$split" "$2 split"
         compgen -G "$1/$split/*.hdf5" > /dev/null || die "$2 split $1/$split has no *.hdf5 shards"
     done
+}
+
+# shard_set_args DIR: the trainer's data flags for a shard set checked by require_shards,
+# into the array SHARD_SET_ARGS (--val_dir only when the set has a validation split).
+shard_set_args() {
+    SHARD_SET_ARGS=(--train_dir "$1/train")
+    if [[ -d "$1/validation" ]]; then
+        SHARD_SET_ARGS+=(--val_dir "$1/validation")
+    fi
 }
 
 print_cmd() {

@@ -25,7 +25,7 @@ JOB_NAME="${JOB_NAME:-bert-pld}"
 LOG_ROOT="$(realpath -m "${LOG_ROOT:-$REPO_DIR/logs}")"
 export LOG_ROOT
 
-require_var DATA_DIR "the shard set from data_prep, holding train/ and validation/"
+require_var DATA_DIR "the shard set from data_prep, holding train/ (and validation/)"
 require_var OUTPUT_DIR "where checkpoints go, on a file system every node sees"
 require_shards "$DATA_DIR" "DATA_DIR"
 [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "NODES must be a positive integer, got '$NODES'"

@@ -36,7 +36,7 @@ MASTER_PORT="${MASTER_PORT:-29500}"
 LAUNCHER="${LAUNCHER:-pdsh}"
 
 require_var HOSTFILE "a file of 'hostname slots=N' lines"
-require_var DATA_DIR "the shard set from data_prep, holding train/ and validation/"
+require_var DATA_DIR "the shard set from data_prep, holding train/ (and validation/)"
 require_var OUTPUT_DIR "where checkpoints and logs go, on a file system every host sees"
 require_file "$HOSTFILE" "HOSTFILE"
 
@@ -60,6 +60,7 @@ fi
 MASTER_ADDR="${MASTER_ADDR:-${HOSTS[0]}}"
 
 require_shards "$DATA_DIR" "DATA_DIR"
+shard_set_args "$DATA_DIR"
 require_file "$DS_CONFIG" "DS_CONFIG"
 
 cmd=(deepspeed --hostfile "$HOSTFILE" --launcher "$LAUNCHER"
@@ -68,7 +69,7 @@ cmd=(deepspeed --hostfile "$HOSTFILE" --launcher "$LAUNCHER"
 [[ -n "${NUM_GPUS:-}" ]] && cmd+=(--num_gpus "$NUM_GPUS")
 cmd+=(--module bing_bert_pld.train
       --deepspeed_config "$DS_CONFIG" --model_config "$MODEL_CONFIG"
-      --train_dir "$DATA_DIR/train" --val_dir "$DATA_DIR/validation"
+      "${SHARD_SET_ARGS[@]}"
       --output_dir "$OUTPUT_DIR" "$@")
 echo "hosts: ${HOSTS[*]}; master ${MASTER_ADDR}:${MASTER_PORT}"
 print_cmd "${cmd[@]}"

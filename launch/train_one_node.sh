@@ -6,7 +6,7 @@
 #       bash launch/train_one_node.sh --max_steps 200000
 #
 # Environment (defaults in brackets):
-#   DATA_DIR      shard set from data_prep: DATA_DIR/train, DATA_DIR/validation (required)
+#   DATA_DIR      shard set from data_prep: DATA_DIR/train, DATA_DIR/validation if any (required)
 #   OUTPUT_DIR    checkpoints, metrics.jsonl, tensorboard/ (required); a run that
 #                 finds OUTPUT_DIR/checkpoints/latest continues from it
 #   DS_CONFIG     DeepSpeed JSON [ds_configs/bert_base_seq128_pld_fp16.json with GPUs,
@@ -40,16 +40,17 @@ else
 fi
 MASTER_PORT="${MASTER_PORT:-29500}"
 
-require_var DATA_DIR "the shard set from data_prep, holding train/ and validation/"
+require_var DATA_DIR "the shard set from data_prep, holding train/ (and validation/)"
 require_var OUTPUT_DIR "where checkpoints and logs go, e.g. runs/NAME"
 require_shards "$DATA_DIR" "DATA_DIR"
+shard_set_args "$DATA_DIR"
 require_file "$DS_CONFIG" "DS_CONFIG"
 [[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS must be a positive integer, got '$NUM_GPUS'"
 
 cmd=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT"
      --module bing_bert_pld.train
      --deepspeed_config "$DS_CONFIG" --model_config "$MODEL_CONFIG"
-     --train_dir "$DATA_DIR/train" --val_dir "$DATA_DIR/validation"
+     "${SHARD_SET_ARGS[@]}"
      --output_dir "$OUTPUT_DIR" "$@")
 print_cmd "${cmd[@]}"
 if [[ "${DRY_RUN:-0}" == 1 ]]; then

@@ -206,3 +206,16 @@ def test_sbatch_header_asks_for_a_warning_signal_and_requeue():
     assert "#SBATCH --open-mode=append" in header
     signal = next(line for line in header if line.startswith("#SBATCH --signal="))
     assert re.fullmatch(r"#SBATCH --signal=B:USR1@\d+", signal)
+
+
+def test_a_shard_set_without_a_validation_split_trains_without_val_dir(shards):
+    """data_prep --validation-fraction 0 writes no validation/; the trainer's --val_dir is optional."""
+    (shards / "validation" / "shard_00000.hdf5").unlink()
+    (shards / "validation").rmdir()
+    result = run_script("train_one_node.sh", {"DATA_DIR": str(shards), "OUTPUT_DIR": "o", "DRY_RUN": "1"})
+    assert result.returncode == 0, result.stderr
+    command = printed_command(result.stdout, "deepspeed")
+    assert option(command, "--train_dir") == f"{shards}/train" and "--val_dir" not in command
+    (shards / "validation").mkdir()  # present but empty: a broken set, not "no split"
+    result = run_script("train_one_node.sh", {"DATA_DIR": str(shards), "OUTPUT_DIR": "o", "DRY_RUN": "1"})
+    assert result.returncode == 2 and f"{shards}/validation has no *.hdf5 shards" in result.stderr
