@@ -232,6 +232,15 @@ def _put(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
     return False
 
 
+def _put_batch(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    # Arrays become a PretrainingBatch (the int64 copy) here, on the reader thread, not
+    # in the training loop that calls get().
+    if not isinstance(item, BaseException):
+        epoch, index, arrays = item
+        item = (epoch, index, PretrainingBatch.from_numpy(arrays))
+    return _put(q, stop, item)
+
+
 def _stop_thread(stop: threading.Event, thread: threading.Thread) -> None:
     stop.set()
     if thread is not threading.current_thread():  # a GC pass may run on the thread itself
@@ -244,7 +253,7 @@ class _Prefetcher:
     def __init__(self, schedule: _Schedule, files: tuple[Path, ...], start: tuple[int, int], depth: int):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         stop = threading.Event()
-        send = functools.partial(_put, self.queue, stop)
+        send = functools.partial(_put_batch, self.queue, stop)
         self.thread = threading.Thread(target=_produce, args=(schedule, files, start, 1, send),
                                        name="pretraining-prefetch", daemon=True)
         self.thread.start()
@@ -260,10 +269,7 @@ class _Prefetcher:
             except queue.Empty:
                 if not self.thread.is_alive() and self.queue.empty():
                     raise RuntimeError("the prefetch thread stopped without a batch or an error")
-        if isinstance(item, BaseException):
-            return item
-        epoch, index, arrays = item
-        return epoch, index, PretrainingBatch.from_numpy(arrays)
+        return item  # (epoch, index, batch) or the producer's error
 
 
 # ---------------------------------------------------------------- reader processes (num_workers>1)
