@@ -23,7 +23,7 @@ import sys
 from typing import Optional, Sequence
 
 from .config import BertConfig, ConfigError
-from .ds_config import TrainingSetup, describe, load_training_setup
+from .ds_config import TrainingSetup, check_setup_against_model, describe, load_training_setup
 from .pld import expected_active_layers
 
 
@@ -90,22 +90,11 @@ def check(args: argparse.Namespace) -> dict:
     import torch
 
     model = BertConfig.from_json(args.model_config)
-    if args.max_seq_length is not None and args.max_seq_length > model.max_position_embeddings:
-        raise ConfigError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
-                          f"max_position_embeddings {model.max_position_embeddings}")
     cuda = torch.cuda.is_available() if args.target == "auto" else args.target == "cuda"
     setup = load_training_setup(args.deepspeed_config, cuda)
+    check_setup_against_model(setup, model, args.model_config, args.max_seq_length,
+                              fp16_on_this_cpu=args.target == "auto" and not cuda)
     settings = describe(setup, args.world_size)
-    if args.target == "auto" and not cuda and setup.deepspeed.get("fp16", {}).get("enabled"):
-        from deepspeed.accelerator import get_accelerator
-
-        if not get_accelerator().is_fp16_supported():
-            raise ConfigError(f"{setup.source}: fp16 is on but this machine has no CUDA and its "
-                              "CPU has no fp16 support; on CPU ranks use bf16 or fp32, or "
-                              "check for a GPU machine with --target cuda")
-    if setup.pld is not None and not model.pre_layer_norm:
-        raise ConfigError(f"{setup.source}: PLD is on but {args.model_config} is Post-LN "
-                          "(pre_layer_norm false); layer dropping needs Pre-LN to train stably")
     validate_with_deepspeed(setup, args.world_size)
     layers = model.num_hidden_layers
     settings.update({

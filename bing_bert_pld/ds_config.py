@@ -168,6 +168,27 @@ def _check_lamb_with_zero(values: dict, setup: TrainingSetup) -> None:
             "Adam/AdamW with ZeRO.")
 
 
+def check_setup_against_model(setup: TrainingSetup, model, model_name: str,
+                              max_seq_length: Optional[int], seq_len_option: str = "--max_seq_length",
+                              fp16_on_this_cpu: bool = False) -> None:
+    """What the DeepSpeed JSON, the model config and the sequence length must agree on,
+    checked before any engine exists (the trainer, fine-tuning and config_check call it).
+    `model` is a BertConfig; `fp16_on_this_cpu`: the run will be on this machine's CPU."""
+    if max_seq_length is not None and max_seq_length > model.max_position_embeddings:
+        raise ConfigError(f"{seq_len_option} {max_seq_length} exceeds the model's "
+                          f"max_position_embeddings {model.max_position_embeddings}")
+    if setup.pld is not None and not model.pre_layer_norm:
+        raise ConfigError(f"{setup.source}: PLD is on but {model_name} is Post-LN "
+                          "(pre_layer_norm false); layer dropping needs Pre-LN to train stably")
+    if fp16_on_this_cpu and setup.deepspeed.get("fp16", {}).get("enabled"):
+        from deepspeed.accelerator import get_accelerator
+
+        if not get_accelerator().is_fp16_supported():
+            raise ConfigError(f"{setup.source}: fp16 is on but this machine has no CUDA and its "
+                              "CPU has no fp16 support; on CPU ranks use bf16 or fp32, or "
+                              "check for a GPU machine with --target cuda")
+
+
 def resolve_batch_sizes(ds: dict, world_size: int, source: str = "<config>") -> dict[str, int]:
     """DeepSpeed's rule: train_batch_size = micro_batch x grad_accum x world_size."""
     train = ds.get("train_batch_size")

@@ -31,7 +31,7 @@ from . import checkpoint, flops
 from .config import BertConfig, ConfigError
 from .data import PretrainingDataLoader
 from .shard_validation import DataError, scan_values, validate_shard_set
-from .ds_config import load_training_setup, resolve_batch_sizes
+from .ds_config import check_setup_against_model, load_training_setup, resolve_batch_sizes
 from .engine import PLDHook, init_distributed, initialize_engine
 from .metrics_log import LOG, make_sink, setup_console_logging
 from .model import BertForPreTraining, compile_layers_separately
@@ -115,10 +115,10 @@ class Trainer:
         self.checkpoint_root = self.output_dir / "checkpoints"
         # Everything that can be wrong with the input is checked before the engine exists.
         self.model_config = BertConfig.from_json(args.model_config)
-        if args.max_seq_length > self.model_config.max_position_embeddings:
-            raise ConfigError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
-                              f"max_position_embeddings {self.model_config.max_position_embeddings}")
-        self.setup = load_training_setup(args.deepspeed_config, torch.cuda.is_available())
+        cuda = torch.cuda.is_available()
+        self.setup = load_training_setup(args.deepspeed_config, cuda)
+        check_setup_against_model(self.setup, self.model_config, args.model_config,
+                                  args.max_seq_length, fp16_on_this_cpu=not cuda)
         init_distributed()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         setup_console_logging(self.rank)

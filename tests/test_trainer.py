@@ -185,3 +185,16 @@ def test_vocabulary_beside_the_shards_is_recorded_and_a_different_one_refused(tm
     other.write_text("[PAD]\n[UNK]\n")
     code, err = run_main(argv(tmp_path, data, vocab_file=other), capsys)
     assert code == 2 and "other_vocab.txt is not the vocabulary the shards were made with" in err
+
+
+def test_pld_on_a_post_ln_model_and_a_too_long_sequence_fail_before_training(tmp_path, data, capsys):
+    """The checks config_check makes are the trainer's own (ds_config.check_setup_against_model)."""
+    model = tmp_path / "post_ln.json"
+    tiny = json.loads((Path(train.__file__).parent / "configs" / "bert-tiny.json").read_text())
+    model.write_text(json.dumps({**tiny, "pre_layer_norm": False}))
+    code, err = run_main(argv(tmp_path / "a", data, model_config=model), capsys)
+    assert code == 2 and "PLD is on but" in err and "is Post-LN" in err
+    assert not (tmp_path / "a" / "run").exists()
+    code, err = run_main(argv(tmp_path / "b", data, max_seq_length=10**4), capsys)
+    assert code == 2 and "--max_seq_length 10000 exceeds the model's max_position_embeddings" in err
+    assert not (tmp_path / "b" / "run").exists()

@@ -38,7 +38,8 @@ import torch
 import torch.distributed as dist
 
 from ..config import BertConfig, ConfigError
-from ..ds_config import TrainingSetup, build_training_setup, read_json, resolve_batch_sizes
+from ..ds_config import (TrainingSetup, build_training_setup, check_setup_against_model, read_json,
+                         resolve_batch_sizes)
 from ..engine import init_distributed, initialize_engine
 from ..lr_schedules import SCHEDULES
 from ..metrics_log import LOG, make_sink, setup_console_logging
@@ -151,10 +152,9 @@ class Finetuner:
         self.init_source = pretrained.source
         self.model_config = (BertConfig.from_json(args.model_config) if args.model_config
                              else pretrained.config)
-        if self.settings.max_seq_length > self.model_config.max_position_embeddings:
-            raise ConfigError(f"glue.max_seq_length {self.settings.max_seq_length} exceeds the "
-                              f"model's max_position_embeddings "
-                              f"{self.model_config.max_position_embeddings}")
+        check_setup_against_model(self.setup, self.model_config, args.model_config or args.init,
+                                  self.settings.max_seq_length, "glue.max_seq_length",
+                                  fp16_on_this_cpu=not torch.cuda.is_available())
         _seed_everything(args.seed)  # the same fresh head on every rank
         model = BertForSequenceClassification.from_pretrained(  # strict: fails before the data
             pretrained, self.spec.num_outputs, self.model_config)
