@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import h5py
 import numpy as np
@@ -34,6 +35,7 @@ class ShardSetInfo:
     seq_len: int
     max_pred: int
     vocab_size: int
+    vocab_sha256: Optional[str] = None  # from data_prep's manifest, when there is one
 
     @property
     def total_rows(self) -> int:
@@ -52,7 +54,8 @@ def validate_shard_set(path_or_glob: str | os.PathLike, seq_len: int, max_pred: 
 
     Raises DataError on the first problem. The structure of every file is checked before
     any value scan, so a broken last file is reported at once. `check_values=False`
-    skips the scan (it reads all ids once), e.g. on ranks other than 0.
+    skips the scan (it reads all ids once), so that ranks can share it through
+    scan_values, as the trainer does.
     """
     files = _find_shards(path_or_glob)
     config = {"seq_len": seq_len, "max_pred": max_pred, "vocab_size": vocab_size}
@@ -60,7 +63,11 @@ def validate_shard_set(path_or_glob: str | os.PathLike, seq_len: int, max_pred: 
     rows = tuple(_check_structure(f, seq_len, max_pred) for f in files)
     for f, n in zip(files, rows):
         _check_listed_rows(f, n, manifests[f.parent])
-    info = ShardSetInfo(files, rows, seq_len, max_pred, vocab_size)
+    recorded = {found[1].get("vocab_sha256") for found in manifests.values() if found is not None}
+    if len(recorded - {None}) > 1:
+        raise DataError(f"{path_or_glob}: the shards' manifests name different vocabularies")
+    info = ShardSetInfo(files, rows, seq_len, max_pred, vocab_size,
+                        next(iter(recorded - {None}), None))
     if check_values:
         scan_values(info, files)
     return info
@@ -77,8 +84,9 @@ def scan_values(info: ShardSetInfo, files: tuple[Path, ...]) -> None:
               "masked_lm_positions": (info.seq_len, "seq_len"),
               "next_sentence_labels": (2, "NSP classes")}
     for f in files:
-        for key, (high, what) in bounds.items():
-            _check_values(f, key, high, what)
+        with h5py.File(f, "r") as shard:  # opened once for all four fields
+            for key, (high, what) in bounds.items():
+                _check_values(f, shard[key], high, what)
 
 
 def _find_shards(path_or_glob: str | os.PathLike) -> tuple[Path, ...]:
@@ -152,17 +160,16 @@ def _check_structure(path: Path, seq_len: int, max_pred: int) -> int:
     return rows
 
 
-def _check_values(path: Path, key: str, high: int, what: str) -> None:
-    """Every value of `key` must be in [0, high); read in blocks of whole HDF5 chunks."""
-    with h5py.File(path, "r") as shard:
-        ds = shard[key]
-        row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
-        step = max(1, _SCAN_BYTES // max(1, row_bytes))
-        if ds.chunks:  # whole compressed chunks, so none is decompressed twice
-            step = max(ds.chunks[0], step // ds.chunks[0] * ds.chunks[0])
-        for start in range(0, ds.shape[0], step):
-            block = ds[start:start + step]
-            if block.size and (block.min() < 0 or block.max() >= high):
-                bad = tuple(np.argwhere((block < 0) | (block >= high))[0])
-                raise DataError(f"{path}: {key} holds {block[bad]} at row {start + bad[0]}, "
-                                f"outside [0, {high}) ({what}={high})")
+def _check_values(path: Path, ds: h5py.Dataset, high: int, what: str) -> None:
+    """Every value of the dataset must be in [0, high); read in blocks of whole HDF5 chunks."""
+    key = ds.name.lstrip("/")
+    row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+    step = max(1, _SCAN_BYTES // max(1, row_bytes))
+    if ds.chunks:  # whole compressed chunks, so none is decompressed twice
+        step = max(ds.chunks[0], step // ds.chunks[0] * ds.chunks[0])
+    for start in range(0, ds.shape[0], step):
+        block = ds[start:start + step]
+        if block.size and (block.min() < 0 or block.max() >= high):
+            bad = tuple(np.argwhere((block < 0) | (block >= high))[0])
+            raise DataError(f"{path}: {key} holds {block[bad]} at row {start + bad[0]}, "
+                            f"outside [0, {high}) ({what}={high})")

@@ -149,15 +149,13 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _validate_data(self, path: str, split: str):
         """Structure on every rank (cheap); the value scan split across ranks (it reads
-        every id once), its verdict shared so that every rank stops with the same error."""
+        every id once). Every rank's verdict is shared, so all stop with the same error
+        even when only some of them see a problem (a rank-local file system)."""
+        info, error = None, None
         try:
             info = validate_shard_set(path, self.args.max_seq_length,
                                       self.args.max_predictions_per_seq,
                                       self.model_config.vocab_size, check_values=False)
-        except DataError as err:
-            raise DataError(f"{split} data: {err}") from None
-        error = None
-        try:
             scan_values(info, info.files[self.rank::self.world_size])
         except DataError as err:
             error = str(err)
@@ -169,22 +167,21 @@ class Trainer:
         return info
 
     def _check_vocab(self) -> None:
-        """--vocab_file, or the vocab.txt data_prep wrote beside the shards; recorded in
-        run_config.json so that export and fine-tuning tokenize as pretraining did."""
-        beside_shards = Path(self.args.train_dir).parent / "vocab.txt"
+        """--vocab_file, or the vocab.txt data_prep wrote beside the shards; checked against
+        the manifest's vocab_sha256 and recorded in run_config.json, so that export and
+        fine-tuning tokenize as pretraining did."""
         if self.args.vocab_file is None:
-            self.vocab_file = beside_shards.resolve() if beside_shards.is_file() else None
-            return
-        vocab = Path(self.args.vocab_file)
-        if not vocab.is_file():
-            raise ConfigError(f"--vocab_file {vocab} does not exist")
-        self.vocab_file = vocab.resolve()
-        manifest = Path(self.args.train_dir).parent / "manifest.json"
-        if manifest.is_file():
-            recorded = json.loads(manifest.read_text()).get("vocab_sha256")
-            if recorded and recorded != sha256_of(vocab):
-                raise ConfigError(f"--vocab_file {vocab} is not the vocabulary the shards were "
-                                  f"made with ({manifest}: vocab_sha256 {recorded})")
+            beside_shards = Path(self.args.train_dir).parent / "vocab.txt"
+            vocab, option = (beside_shards if beside_shards.is_file() else None), "vocab.txt beside the shards"
+        else:
+            vocab, option = Path(self.args.vocab_file), "--vocab_file"
+            if not vocab.is_file():
+                raise ConfigError(f"--vocab_file {vocab} does not exist")
+        self.vocab_file = vocab.resolve() if vocab is not None else None
+        recorded = self.train_set.vocab_sha256
+        if vocab is not None and recorded and recorded != sha256_of(vocab):
+            raise ConfigError(f"{option} {vocab} is not the vocabulary the shards were made "
+                              f"with (their manifest's vocab_sha256 is {recorded})")
 
     def run_config(self) -> dict:
         return {"model_config": self.model_config.to_dict(), "run": dataclasses.asdict(self.args),

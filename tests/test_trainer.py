@@ -186,6 +186,11 @@ def test_vocabulary_beside_the_shards_is_recorded_and_a_different_one_refused(tm
     code, err = run_main(argv(tmp_path, data, vocab_file=other), capsys)
     assert code == 2 and "other_vocab.txt is not the vocabulary the shards were made with" in err
 
+    with open(vocab, "a") as f:  # the vocab.txt beside the shards no longer theirs
+        f.write("world\n")
+    code, err = run_main(argv(tmp_path, data), capsys)
+    assert code == 2 and f"vocab.txt beside the shards {vocab} is not the vocabulary" in err
+
 
 def test_pld_on_a_post_ln_model_and_a_too_long_sequence_fail_before_training(tmp_path, data, capsys):
     """The checks config_check makes are the trainer's own (ds_config.check_setup_against_model)."""
