@@ -182,6 +182,10 @@ def test_shipped_config_reads():
         Path(__file__).resolve().parents[1] / "ds_configs" / "glue_finetune.json", False)
     assert settings.epochs == 3 and setup.lr_schedule.name == "WarmupPolyDecay"
     assert setup.client_optimizer.kind == "adamw" and setup.client_optimizer.params["lr"] == 2e-5
+    assert setup.lr_schedule.params["total_steps"] == 1  # a placeholder until the data is read
+    real = finetune.with_total_steps(setup, 123)
+    assert real.lr_schedule.params == {**setup.lr_schedule.params, "total_steps": 123}
+    assert real.deepspeed == setup.deepspeed and real.client_optimizer == setup.client_optimizer
 
 
 @pytest.mark.slow

@@ -77,11 +77,11 @@ class FinetuneSettings:
         return settings
 
 
-def read_finetune_config(path: str | Path, cuda_available: bool, total_steps: int = 1
+def read_finetune_config(path: str | Path, cuda_available: bool
                          ) -> tuple[FinetuneSettings, TrainingSetup]:
-    """The "glue" block, and DeepSpeed's part with the schedule's total_steps filled in
-    (the number of optimizer steps follows from the data and glue.epochs, so the file
-    must not set it; the default 1 only serves to validate the file early)."""
+    """The "glue" block, and DeepSpeed's part with a placeholder total_steps of 1 in the
+    schedule: the number of optimizer steps follows from the data and glue.epochs, so the
+    file must not set it; with_total_steps sets it once the data is read."""
     values = read_json(path)
     settings = FinetuneSettings.from_dict(values.get(GLUE_KEY, {}), str(path))
     ds = {key: value for key, value in values.items() if key != GLUE_KEY}
@@ -91,7 +91,7 @@ def read_finetune_config(path: str | Path, cuda_available: bool, total_steps: in
         if "total_steps" in params:
             raise ConfigError(f"{path}: scheduler.params.total_steps is computed from the data "
                               f"and {GLUE_KEY}.epochs in fine-tuning; remove it")
-        ds["scheduler"] = {**scheduler, "params": {**params, "total_steps": total_steps}}
+        ds["scheduler"] = {**scheduler, "params": {**params, "total_steps": 1}}
     setup = build_training_setup(ds, str(path), cuda_available)
     if setup.pld is not None:
         raise ConfigError(f"{path}: progressive_layer_drop is enabled, but fine-tuning runs "
@@ -136,6 +136,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> FinetuneArgs:
     return FinetuneArgs(**values)
 
 
+def with_total_steps(setup: TrainingSetup, total_steps: int) -> TrainingSetup:
+    """The setup with our LR schedule running over `total_steps` optimizer steps."""
+    spec = setup.lr_schedule
+    if spec is None or spec.name not in SCHEDULES:
+        return setup
+    return dataclasses.replace(setup, lr_schedule=dataclasses.replace(
+        spec, params={**spec.params, "total_steps": total_steps}))
+
+
 class Finetuner:
     def __init__(self, args: FinetuneArgs):
         self.args = args
@@ -167,8 +176,7 @@ class Finetuner:
         if self.total_steps == 0:
             raise ConfigError(f"{len(self.train_set)} training examples make no optimizer step "
                               f"with batch {batches['train_batch_size']}")
-        _, self.setup = read_finetune_config(args.deepspeed_config, torch.cuda.is_available(),
-                                             self.total_steps)
+        self.setup = with_total_steps(self.setup, self.total_steps)
         self.engine = initialize_engine(model, self.setup)
         torch.manual_seed(args.seed + self.rank)  # dropout differs per rank
         self.sampler = torch.utils.data.DistributedSampler(
