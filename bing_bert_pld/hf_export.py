@@ -42,7 +42,7 @@ import torch
 
 from .config import BertConfig
 from .model import BertForPreTraining
-from .pretrained import CheckpointError, Pretrained, load_strict, read_pretrained
+from .pretrained import CheckpointError, Pretrained, check_names_and_shapes, read_pretrained
 
 WEIGHTS = "model.safetensors"
 NSP_HEAD = "nsp_head.safetensors"
@@ -231,8 +231,11 @@ def export(pretrained: Pretrained, out_dir: str | Path, vocab_file: Optional[str
         raise ExportError(f"{vocab_file} has {len(tokenizer)} tokens, the model only "
                           f"{config.vocab_size} embeddings")
 
-    # The tensors must be exactly those of the configured model (names and shapes).
-    load_strict(BertForPreTraining(config), pretrained.state_dict, pretrained.source)
+    # The tensors must be exactly those of the configured model (names and shapes); the
+    # reference model on the meta device has the shapes without memory or initialization.
+    with torch.device("meta"):
+        reference = BertForPreTraining(config)
+    check_names_and_shapes(reference, pretrained.state_dict, pretrained.source)
     hf_tensors, nsp = to_hf_state_dict(config, pretrained.state_dict)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_config(config).save_pretrained(out_dir)

@@ -178,6 +178,13 @@ def _recorded_lowercase(run_config: dict, vocab_path: Optional[Path]) -> Optiona
 
 def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict that names every missing, unexpected and mis-shaped tensor."""
+    check_names_and_shapes(module, state_dict, source)
+    module.load_state_dict(state_dict, strict=True)
+
+
+def check_names_and_shapes(module: nn.Module, state_dict: dict[str, torch.Tensor],
+                           source: str) -> None:
+    """The tensors `module` holds, by name and shape; a module on the meta device will do."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -186,4 +193,3 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: 
                   if state_dict[name].shape != expected[name].shape]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
-    module.load_state_dict(state_dict, strict=True)
