@@ -25,6 +25,7 @@ import torch
 import transformers
 
 from bing_bert_pld import flops
+from bing_bert_pld.hf_export import hf_config
 from bing_bert_pld.model import BertForPreTraining, compile_layers_separately
 
 from .common import (add_common_args, describe_machine,
@@ -36,18 +37,10 @@ LOSS_TOLERANCE = 1e-4  # fp32; reductions run in a different order in the two mo
 
 
 def hf_model_like(config, device) -> torch.nn.Module:
-    hf_config = transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size, hidden_act="gelu",
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_position_embeddings,
-        type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
-        initializer_range=config.initializer_range, pad_token_id=config.pad_token_id,
-        attn_implementation="sdpa")
-    return transformers.BertForPreTraining(hf_config).to(device)
+    """transformers' BertForPreTraining with our Post-LN config (the export's mapping)."""
+    hf = hf_config(config)
+    hf._attn_implementation = "sdpa"
+    return transformers.BertForPreTraining(hf).to(device)
 
 
 def hf_labels(batch, seq_len: int) -> torch.Tensor:
