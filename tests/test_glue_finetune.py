@@ -9,7 +9,6 @@ sentences (STS-B format, a score regressed).
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import torch
 from bing_bert_pld.config import ConfigError
 from bing_bert_pld.glue import finetune
 from bing_bert_pld.pretrained import CheckpointMismatchError
+from launch_helpers import assert_completed, clean_env, free_port
 from tests.test_glue_pretrained import (FILLER, NEGATIVE, POSITIVE, distributed,  # noqa: F401
                                         make_checkpoint, perturbed_model, tiny_config, write_vocab)
 
@@ -190,34 +190,33 @@ def test_shipped_config_reads():
 
 @pytest.mark.slow
 def test_deepspeed_launcher_two_ranks(workspace):
-    """The real launcher, two CPU ranks: sharded training and gathered evaluation."""
-    config = write_config(workspace / "launcher.json", epochs=2)
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    env["DS_ACCELERATOR"] = "cpu"
-    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "--module",
+    """The real launcher, two CPU ranks: sharded training and gathered evaluation learn the
+    task (12 epochs of the 2 x 16 global batch: as many optimizer steps as the one-rank
+    run above makes in 6)."""
+    config = write_config(workspace / "launcher.json", epochs=12)
+    env = clean_env(PYTHONPATH=str(Path(__file__).resolve().parents[1]), DS_ACCELERATOR="cpu")
+    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--module",
                "bing_bert_pld.glue.finetune", "--task", "SST-2",
                "--data_dir", str(workspace / "GLUE"), "--init", str(workspace / "pretrain"),
                "--output_dir", str(workspace / "launcher"), "--deepspeed_config", str(config),
                "--seed", "3"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     results_path = workspace / "launcher" / "results.json"
-    # A known DeepSpeed CPU quirk: rarely a rank aborts at exit after all work is done.
     assert results_path.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
+    assert_completed(done.returncode, done.stdout + done.stderr, "SST-2 epoch 12")
     results = json.loads(results_path.read_text())
     assert results["world_size"] == 2
     assert results["dev_examples"] == {"dev": 64}
-    assert results["optimizer_steps"] == 2 * (256 // 2 // 16)
-    assert 0.0 <= results["metrics"]["dev"]["accuracy"] <= 1.0
+    assert results["optimizer_steps"] == 12 * (256 // 2 // 16)
+    accuracy = results["metrics"]["dev"]["accuracy"]
+    print(f"SST-2 synthetic dev accuracy, 2 ranks: {accuracy:.4f}")
+    assert accuracy >= 0.9
 
 
 def test_plain_python_entry_point(workspace):
     """`python -m bing_bert_pld.glue.finetune` in a fresh process starts its own gloo group."""
     config = write_config(workspace / "plain.json", epochs=1)
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env = clean_env(PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     done = subprocess.run(
         [sys.executable, "-m", "bing_bert_pld.glue.finetune", "--task", "SST-2",
          "--data_dir", str(workspace / "GLUE"), "--init", str(workspace / "exported"),
@@ -225,11 +224,3 @@ def test_plain_python_entry_point(workspace):
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((workspace / "plain" / "results.json").read_text())["seed"] == 42
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -94,6 +94,7 @@ def test_one_node_command_on_cpu(shards, tmp_path):
                                               "PATH": f"{tmp_path}:{os.environ['PATH']}", "NUM_GPUS": "4", "MASTER_PORT": "29999",
                                               "DS_CONFIG": "ds_configs/bert_base_seq128_baseline_bf16.json",
                                               "MODEL_CONFIG": "bert-base"})
+    assert result.returncode == 0, result.stderr
     command = printed_command(result.stdout, "deepspeed")
     assert (option(command, "--num_gpus"), option(command, "--master_port")) == ("4", "29999")
     assert option(command, "--deepspeed_config") == "ds_configs/bert_base_seq128_baseline_bf16.json"

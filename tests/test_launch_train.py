@@ -11,9 +11,7 @@ proof of completion in the log and on disk.
 """
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bing_bert_pld.pld import theta_at
+from launch_helpers import assert_completed, clean_env, free_port
 from shard_factory import write_shard_set
 
 pytestmark = pytest.mark.slow
@@ -35,12 +34,6 @@ GLOBAL_BATCH = 4 * 2
 LAUNCH_TIMEOUT = 240
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def shard_set(directory: Path, seq_len: int, max_pred: int) -> Path:
     write_shard_set(directory, 2, 128, seq_len, max_pred, TINY_VOCAB, seed=0, split="train")
     write_shard_set(directory, 1, 32, seq_len, max_pred, TINY_VOCAB, seed=1, split="validation")
@@ -48,18 +41,9 @@ def shard_set(directory: Path, seq_len: int, max_pred: int) -> Path:
 
 
 def launch_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATA_DIR", "OUTPUT_DIR", "DS_CONFIG"}}
-    return {**env, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "NUM_GPUS": "2",
-            "MODEL_CONFIG": "bert-tiny", "MASTER_PORT": str(free_port()), **extra}
-
-
-def assert_completed(returncode: int, log: str, marker: str) -> None:
-    tail = log[-4000:]
-    assert marker in log, tail
-    if returncode == 250:  # the launcher's known exit-time crash, after the work is done
-        assert "terminate called without an active exception" in log, tail
-    else:
-        assert returncode == 0, tail
+    return clean_env(drop={"DATA_DIR", "OUTPUT_DIR", "DS_CONFIG"}, PYTHONPATH=str(REPO),
+                     DS_ACCELERATOR="cpu", NUM_GPUS="2", MODEL_CONFIG="bert-tiny",
+                     MASTER_PORT=str(free_port()), **extra)
 
 
 def training_rows(run_dir: Path) -> list[dict]:

@@ -58,9 +58,9 @@ def test_each_layer_kept_at_its_probability():
 def test_gates_are_a_pure_function_of_seed_step_micro_step():
     a = pld.sample_gates(0.6, 12, seed=3, step=10, micro_step=1)
     assert a == pld.sample_gates(0.6, 12, seed=3, step=10, micro_step=1)
-    others = {pld.sample_gates(0.6, 12, seed=s, step=t, micro_step=m).keep
-              for s, t, m in [(4, 10, 1), (3, 11, 1), (3, 10, 2), (3, 10, 1)]}
-    assert len(others) > 1
+    # each of seed, step and micro-step changes the draw (fixed values: no flakiness)
+    assert all(pld.sample_gates(0.6, 12, seed=s, step=t, micro_step=m).keep != a.keep
+               for s, t, m in [(4, 10, 1), (3, 11, 1), (3, 10, 2)])
     # the draw and the rescaling use the same p_i (the old client mixed two layers)
     assert all(a.scale(i) == 1 / a.keep_prob[i] for i in range(12))
 

@@ -1,10 +1,11 @@
 """The README's first command, end to end on real text, with a short time budget."""
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from launch_helpers import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -12,11 +13,8 @@ pytestmark = pytest.mark.slow
 
 
 def run_quickstart(tmp_path: Path) -> str:
-    env = {**os.environ, "SKIP_SETUP": "1", "QUICKSTART_MINUTES": "0.15",
-           "WORK_DIR": str(tmp_path / "work"), "RUNS_DIR": str(tmp_path / "runs"),
-           "DS_ACCELERATOR": "cpu"}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE"):
-        env.pop(name, None)
+    env = clean_env(SKIP_SETUP="1", QUICKSTART_MINUTES="0.15", WORK_DIR=str(tmp_path / "work"),
+                    RUNS_DIR=str(tmp_path / "runs"), DS_ACCELERATOR="cpu")
     result = subprocess.run(["bash", str(REPO / "launch" / "quickstart.sh")], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from launch_helpers import assert_completed, clean_env, free_port
 from shard_factory import write_shard_set
 
 from bing_bert_pld import flops
@@ -47,17 +48,13 @@ def launch(ds_config: dict, output: Path, data: Path, max_steps: int, **extra) -
             "output_dir": output, "max_seq_length": SEQ, "max_predictions_per_seq": PRED,
             "max_steps": max_steps, "log_interval": 1, "val_interval": 3,
             "checkpoint_interval": 3, **extra}
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(29500 + os.getpid() % 1000),
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
            str(DRIVER)] + [item for k, v in args.items() for item in (f"--{k}", str(v))]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
+    env = clean_env(DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO))
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     finished = all((output / f"rank{r}_digest.json").is_file() for r in range(2))
-    # DeepSpeed's launcher occasionally exits 250 ("terminate called without an active
-    # exception") after every rank finished its work; accept that case only.
-    if result.returncode != 0 and not (result.returncode == 250 and finished):
-        raise AssertionError(f"launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
-    assert finished, result.stdout[-4000:]
+    assert finished, result.stdout[-4000:] + result.stderr[-4000:]
+    assert_completed(result.returncode, result.stdout + result.stderr, "training: world size 2")
     for r in range(2):  # consumed: the next launch of the same run writes them again
         os.rename(output / f"rank{r}_digest.json", output / f"rank{r}_digest_{max_steps}.json")
     return result

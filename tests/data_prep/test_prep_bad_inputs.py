@@ -99,7 +99,9 @@ def test_the_same_request_on_a_finished_directory_only_rechecks(tmp_path, wiki_r
     out = tmp_path / "out"
     shutil.copytree(wiki_run, out)
     manifest = (out / "manifest.json").read_bytes()
+    shards = {p: p.stat().st_mtime_ns for p in out.rglob("*.hdf5")}
     assert run_cli(*_all(f"wiki=wiki-xml:{wiki_xml}", out, "--vocab", vocab_path, "--unit-mb", 1,
                          "--processes", 2)) == 0
     assert (out / "manifest.json").read_bytes() == manifest
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.hdf5")} == shards  # none rewritten
     assert json.loads(manifest)["splits"]["train"]["instances"] > 0
