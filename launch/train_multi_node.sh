@@ -82,11 +82,16 @@ require_package
 # The ranks are `python -u -m bing_bert_pld.train --local_rank=R ...` on every host; the
 # [.] keeps the pattern from matching the remote shell that runs pkill.
 signal_all_hosts() {
-    signal_local_ranks "$@"
     if [[ "$LAUNCHER" == pdsh && "${#HOSTS[@]}" -gt 1 ]]; then
+        # runner -> pdsh -> ssh here: the local children are ssh clients, which SIGUSR1
+        # would end (cutting the ranks off mid-save), so every host, this one included,
+        # gets the signal through pdsh.
+        echo "received SIG$2: asking the ranks on ${HOSTS[*]} to save a checkpoint and stop" >&2
         local hosts
         hosts="$(IFS=,; echo "${HOSTS[*]}")"
         pdsh -S -w "$hosts" "pkill -USR1 -f 'bing_bert_pld[.]train --local_rank='" || true
+    else
+        signal_local_ranks "$@"
     fi
 }
 run_forwarding_stop signal_all_hosts "${cmd[@]}"
