@@ -1,12 +1,13 @@
 """`python -m data_prep <stage>` (or `bbp-data <stage>`): one command per stage, and `all`.
 
 Exit status: 0 success, 1 `verify` found defects, 2 a usage or input error (one line
-on stderr).
+on stderr), including a file system that refuses a write (full, read-only, no permission).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -16,18 +17,20 @@ from pathlib import Path
 from data_prep.cleaning import CleaningConfig
 from data_prep.errors import DataPrepError
 from data_prep.extract import extract_wikipedia
-from data_prep.fsutil import read_plan
+from data_prep.fsutil import NO_SPACE, check_writable_dir, read_plan
 from data_prep.instances import InstanceConfig, plan_instances, run_instances
 from data_prep.masking import MaskingConfig
 from data_prep.pipeline import PipelineConfig, run_all
 from data_prep.sentences import plan_sentences, run_sentences, summarize, unit_text_path
 from data_prep.shards import ShardConfig, run_shards
-from data_prep.sources import check_sources, parse_source
+from data_prep.sources import check_sources, check_text_files, list_files, parse_source, with_encodings
 from data_prep.tokenizer import train_vocab
 from data_prep.verify import verify
 from data_prep.vocab import load_vocab
 
 _DEFAULTS = InstanceConfig()
+# OSErrors that the machine causes, not the code: reported in one line, like bad input.
+_ENVIRONMENT_ERRNOS = {*NO_SPACE, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EIO}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except DataPrepError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # what the early checks could not foresee
+        if error.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{os.strerror(error.errno)}; expected a writable, readable path with free space",
+              file=sys.stderr)
         return 2
 
 
@@ -125,6 +135,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="shorter documents are dropped (default: %(default)s)")
     p.add_argument("--unit-mb", type=float, default=4.0,
                    help="input MB per work unit: the grain of parallelism and of memory (default: %(default)s)")
+    p.add_argument("--encoding", dest="encodings", action="append", default=[], metavar="NAME=CODEC",
+                   help="repeatable; the text encoding of the books, text or jsonl source NAME (default: utf-8)")
 
 
 def _source_argument(text: str):
@@ -172,13 +184,18 @@ def _shard_config(args) -> ShardConfig:
 
 
 def _run_extract(args) -> int:
+    check_writable_dir(args.output, "--output")
     extract_wikipedia(args.input, args.output, args.processes, args.progress)
     return 0
 
 
 def _run_sentences(args) -> int:
-    check_sources(args.sources)
-    plan = plan_sentences(args.sources, _cleaning(args), int(args.unit_mb * (1 << 20)))
+    sources = with_encodings(args.sources, args.encodings)
+    check_sources(sources)
+    check_writable_dir(args.output, "--output")
+    for source in sources:
+        check_text_files(source, list_files(source))
+    plan = plan_sentences(sources, _cleaning(args), int(args.unit_mb * (1 << 20)))
     counts = run_sentences(plan, args.output, args.processes, args.progress)
     print(json.dumps(counts, indent=1))
     return 0
@@ -188,18 +205,23 @@ def _run_vocab(args) -> int:
     plan = read_plan(args.sentences, "sentences")
     summarize(args.sentences)  # fails unless every unit is finished
     units = [unit_text_path(args.sentences, i) for i in range(len(plan["units"]))]
+    if args.output.is_dir():
+        raise DataPrepError(f"--output {args.output} is a directory; expected the path of the vocab.txt to write")
+    check_writable_dir(args.output.parent, "--output")
     train_vocab(units, args.vocab_size, args.lowercase, args.output, args.progress)
     return 0
 
 
 def _run_instances(args) -> int:
     vocab = load_vocab(args.vocab)
+    check_writable_dir(args.output, "--output")
     plan = plan_instances(args.sentences, vocab, args.lowercase, _instance_config(args))
     run_instances(plan, vocab, args.output, args.processes, args.progress)
     return 0
 
 
 def _run_shards(args) -> int:
+    check_writable_dir(args.output, "--output")
     run_shards(args.instances, args.output, _shard_config(args), args.processes, args.progress)
     return _run_verify(argparse.Namespace(path=args.output, vocab=None, vocab_size=None, json=False,
                                           processes=args.processes, progress=args.progress))
@@ -218,9 +240,9 @@ def _run_verify(args) -> int:
 
 def _run_all(args) -> int:
     config = PipelineConfig(
-        sources=tuple(args.sources), out_dir=args.output, vocab=args.vocab, vocab_size=args.vocab_size,
-        lowercase=args.lowercase, work_dir=args.work_dir, cleaning=_cleaning(args), unit_mb=args.unit_mb,
-        instances=_instance_config(args), shards=_shard_config(args), processes=args.processes,
+        sources=tuple(with_encodings(args.sources, args.encodings)), out_dir=args.output, vocab=args.vocab,
+        vocab_size=args.vocab_size, lowercase=args.lowercase, work_dir=args.work_dir, cleaning=_cleaning(args),
+        unit_mb=args.unit_mb, instances=_instance_config(args), shards=_shard_config(args), processes=args.processes,
         show_progress=args.progress)
     run_all(config)
     return 0

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from data_prep.errors import DataPrepError
 from data_prep.fsutil import read_json, write_json
+from data_prep.sources import check_mediawiki_dump
 
 ORIGIN_FILE = ".extract.json"
 _LOG_FILE = ".wikiextractor.log"
@@ -29,6 +30,7 @@ def extract_wikipedia(xml_path: Path, out_dir: Path, processes: int, show_progre
     """Extract `xml_path` into `out_dir` unless a finished extraction is already there."""
     if not xml_path.is_file():
         raise DataPrepError(f"wiki dump not found: {xml_path}")
+    check_mediawiki_dump(xml_path)
     origin = {"kind": "wiki-xml", "path": str(xml_path),
               "inputs": [{"name": xml_path.name, "size": xml_path.stat().st_size}]}
     if (out_dir / ORIGIN_FILE).exists():
@@ -45,8 +47,11 @@ def extract_wikipedia(xml_path: Path, out_dir: Path, processes: int, show_progre
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         _show_output_growth(process, tmp, show_progress)
     if process.returncode != 0:
-        tail = (tmp / _LOG_FILE).read_text(errors="replace")[-2000:]
-        raise DataPrepError(f"wikiextractor failed (exit {process.returncode}) on {xml_path}:\n{tail}")
+        # Its last line says why (e.g. "EOFError: Compressed file ended before ..." for a
+        # truncated dump); the traceback above it stays in the log.
+        lines = [line for line in (tmp / _LOG_FILE).read_text(errors="replace").splitlines() if line.strip()]
+        raise DataPrepError(f"wikiextractor failed (exit {process.returncode}) on {xml_path}: "
+                            f"{lines[-1].strip() if lines else 'no output'}; its log: {tmp / _LOG_FILE}")
     write_json(tmp / ORIGIN_FILE, origin)
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -2,12 +2,14 @@
 
 Stages detect finished work by the presence of final names, so a killed run must
 never leave a partial file there: write to a temporary sibling, then rename (atomic
-on POSIX within one directory).
+on POSIX within one directory). A full disk (or quota, or file-size limit) is
+reported as a DataPrepError naming the file, with the temporary file removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +20,8 @@ from data_prep.errors import DataPrepError
 
 TMP_SUFFIX = ".tmp"
 PLAN_FILE = "plan.json"  # each stage directory's description of its work
+# Errors that say the file system is out of room for a write, not that the code is wrong.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextlib.contextmanager
@@ -27,9 +31,31 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        raise DataPrepError(f"cannot write {final}: {os.strerror(error.errno)}; free space on its file system "
+                            f"(or choose another --output / --work-dir) and run again: finished work is "
+                            f"kept") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_writable_dir(path: Path, option: str) -> None:
+    """Fail before any work unless `path` is, or can be made, a directory we can write in."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataPrepError(f"{option} {path}: {existing} is a file, not a directory; expected a directory "
+                            f"(or a path where one can be made)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = "its file system is read-only" if read_only else "permission denied"
+        raise DataPrepError(f"{option} {path}: cannot write in {existing} ({reason}); "
+                            f"expected a writable directory")
 
 
 def write_json(path: Path, obj) -> None:

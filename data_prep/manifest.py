@@ -51,7 +51,9 @@ def build_request(instance_config: dict, lowercase: bool, vocab: dict, cleaning:
             "validation_fraction": instance_config["validation_fraction"],
             "bucket_mb": instance_config["bucket_mb"],
             "cleaning": cleaning,
-            "sources": {name: {"kind": s["kind"], "path": s["path"]} for name, s in sorted(sources.items())},
+            # "encoding" only where a source names one: UTF-8 requests stay as they were.
+            "sources": {name: {k: s[k] for k in ("kind", "path", "encoding") if k in s}
+                        for name, s in sorted(sources.items())},
             "shards": shard_settings,
         },
         "inputs": [{"source": name, "name": item["name"], "size": item["size"]}

@@ -18,12 +18,12 @@ from data_prep import manifest as manifest_io
 from data_prep.cleaning import CleaningConfig
 from data_prep.errors import DataPrepError
 from data_prep.extract import extract_wikipedia
-from data_prep.fsutil import fingerprint
+from data_prep.fsutil import check_writable_dir, fingerprint
 from data_prep.instances import InstanceConfig, plan_instances, run_instances
 from data_prep.parallel import worker_pool
 from data_prep.sentences import plan_sentences, run_sentences, unit_text_path
 from data_prep.shards import ShardConfig, run_shards
-from data_prep.sources import SourceSpec, check_sources, list_files
+from data_prep.sources import SourceSpec, check_sources, check_text_files, list_files
 from data_prep.tokenizer import train_vocab
 from data_prep.verify import VerifyReport, verify
 from data_prep.vocab import SPECIAL_TOKENS, load_vocab
@@ -65,12 +65,16 @@ def check_config(config: PipelineConfig) -> None:
     if config.unit_mb <= 0:
         raise DataPrepError(f"unit size must be positive, got {config.unit_mb} MB")
     config.shards.check()
+    check_writable_dir(config.out_dir, "--output")
+    if config.work_dir is not None:
+        check_writable_dir(config.work_dir, "--work-dir")
     vocab = load_vocab(config.vocab) if config.vocab else None
     sources = {}
     for source in config.sources:
         files = list_files(source)
-        sources[source.name] = {"kind": source.kind, "path": str(source.path),
-                                "inputs": [{"name": f.name, "size": f.size} for f in files]}
+        if source.kind != "wiki-xml":  # a dump was checked as MediaWiki XML by check_sources
+            check_text_files(source, files)
+        sources[source.name] = {**source.describe(), "inputs": [{"name": f.name, "size": f.size} for f in files]}
     request = manifest_io.build_request(
         config.instances.describe(), config.lowercase,
         {"size": vocab.size, "sha256": vocab.sha256} if vocab else {"size": None, "sha256": None},

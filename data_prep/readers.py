@@ -6,8 +6,10 @@ first byte lies in [start, end); it reads past `end` to finish its last document
 skips the tail of the document it starts inside. Compressed files and books are read
 whole (`end` is the file size).
 
-Bytes that are not UTF-8 are dropped and counted per file, never fatal: one bad byte
-in a 20 GB dump should not stop the run.
+Bytes that do not decode (UTF-8 unless the source names another encoding) are
+dropped and counted per file: one bad byte in a 20 GB dump should not stop the run.
+A piece with more than 10% undecodable or control bytes is not text and stops it
+(textcheck.py), as does a compressed file that is truncated or corrupt.
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ import gzip
 import html
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from data_prep.errors import DataPrepError
+from data_prep.textcheck import DEFAULT_ENCODING, TextTally
 
 # How each kind delimits documents: a line each, a blank line between, <doc> tags, or
 # one document per file.
 LINE, BLANK, DOC_TAGS, WHOLE_FILE = "line", "blank", "doc-tags", "whole-file"
 COMPRESSED_SUFFIXES = (".bz2", ".gz")
-REPLACEMENT = "\ufffd"
+_CHECK_EVERY = 1 << 20  # bytes between text checks inside a piece (and one at its end)
+# What a truncated or corrupt .bz2/.gz raises while it is read.
+_READ_ERRORS = (EOFError, OSError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -49,30 +57,72 @@ def is_splittable(kind: str, path: Path) -> bool:
     return kind != "books" and not path.name.endswith(COMPRESSED_SUFFIXES)
 
 
-def read_documents(kind: str, piece: Piece, counts: ReadCounts) -> Iterator[list[str]]:
-    """Yield the documents of `piece` as lists of text lines (paragraphs or sentences)."""
-    with _open(piece.path) as f:
-        first_line = _seek_first_line(f, piece.start)
-        fmt = _format(kind, f, first_line)
-        # A file read whole has no end offset to stop at (a compressed file's size is
-        # not its length once decompressed).
-        end = piece.end if is_splittable(kind, Path(piece.path)) else math.inf
-        records = _records(_lines(f, first_line), fmt, end)
-        if fmt == BLANK and first_line > 0 and not _previous_line_blank(f, first_line):
-            records = _skip_record_at(records, first_line)
-        for _, raw_lines in records:
-            lines = [_decode(raw, piece.name, counts) for raw in raw_lines]
-            document = _to_document(kind, fmt, lines, piece.name, counts)
-            if document is not None:
-                yield document
+def read_documents(kind: str, piece: Piece, counts: ReadCounts,
+                   encoding: str = DEFAULT_ENCODING) -> Iterator[list[str]]:
+    """Yield the documents of `piece` as lists of text lines (paragraphs or sentences).
+
+    Raises DataPrepError when the piece is not text or its file cannot be read whole.
+    """
+    tally = TextTally()
+    try:
+        with open_input(piece.path) as f:
+            first_line = _seek_first_line(f, piece.start)
+            fmt = _format(kind, f, first_line)
+            # A file read whole has no end offset to stop at (a compressed file's size is
+            # not its length once decompressed).
+            end = piece.end if is_splittable(kind, Path(piece.path)) else math.inf
+            records = _records(_lines(f, first_line), fmt, end)
+            if fmt == BLANK and first_line > 0 and not _previous_line_blank(f, first_line):
+                records = _skip_record_at(records, first_line)
+            next_check = _CHECK_EVERY
+            for _, raw_lines in records:
+                lines = [tally.decode(raw, encoding) for raw in raw_lines]
+                if tally.bytes >= next_check:  # binary garbage stops the run early, not after the piece
+                    tally.check(_describe(piece, kind), encoding)
+                    next_check = tally.bytes + _CHECK_EVERY
+                document = _to_document(kind, fmt, lines, piece.name, counts)
+                if document is not None:
+                    yield document
+    except _READ_ERRORS as error:
+        raise DataPrepError(read_error(piece.path, error)) from None
+    finally:
+        if tally.undecodable:
+            counts.undecodable[piece.name] += tally.undecodable
+    tally.check(_describe(piece, kind), encoding)
 
 
-def _open(path: str) -> BinaryIO:
+def open_input(path: str | Path) -> BinaryIO:
+    path = str(path)
     if path.endswith(".bz2"):
         return bz2.open(path, "rb")
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     return open(path, "rb")
+
+
+def read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a file's content (decompressed if compressed)."""
+    try:
+        with open_input(path) as f:
+            return f.read(size)
+    except _READ_ERRORS as error:
+        raise DataPrepError(read_error(path, error)) from None
+
+
+def read_error(path: str | Path, error: BaseException) -> str:
+    """The one-line message for a file that could not be read."""
+    path = str(path)
+    if path.endswith(COMPRESSED_SUFFIXES) and not getattr(error, "filename", None):
+        kind = path.rsplit(".", 1)[1]
+        return (f"{path}: the compressed file is truncated or corrupt ({error}); "
+                f"expected a whole .{kind} file")
+    return f"cannot read {path}: {getattr(error, 'strerror', None) or error}"
+
+
+def _describe(piece: Piece, kind: str) -> str:
+    if not is_splittable(kind, Path(piece.path)):
+        return piece.path
+    return f"{piece.path} (bytes {piece.start:,} to {piece.end:,})"
 
 
 def _seek_first_line(f: BinaryIO, start: int) -> int:
@@ -163,15 +213,6 @@ def _skip_record_at(records, position: int):
             yield record
         break
     yield from records
-
-
-def _decode(raw: bytes, name: str, counts: ReadCounts) -> str:
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        counts.undecodable[name] += text.count(REPLACEMENT) - raw.count(REPLACEMENT.encode())
-        return text.replace(REPLACEMENT, "").rstrip("\r\n")
 
 
 def _to_document(kind: str, fmt: str, lines: list[str], name: str, counts: ReadCounts) -> list[str] | None:

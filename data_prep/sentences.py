@@ -21,8 +21,9 @@ from data_prep.extract import read_origin
 from data_prep.fsutil import atomic_path, claim_stage_dir, fingerprint, read_json, read_plan, write_json
 from data_prep.parallel import run_parallel
 from data_prep.readers import ReadCounts, read_documents
-from data_prep.sources import SourceSpec, list_files
+from data_prep.sources import ENCODABLE_KINDS, SourceSpec, list_files
 from data_prep.splitting import split_sentences
+from data_prep.textcheck import DEFAULT_ENCODING
 from data_prep.units import Unit, plan_units
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def plan_sentences(sources: list[SourceSpec], cleaning: CleaningConfig, unit_byt
             "inputs": [{"name": f.name, "size": f.size} for f in files],
             "origin": read_origin(source.path),
         }
-        identity.append([source.name, source.kind, str(source.path), [[f.name, f.size, f.mtime_ns] for f in files]])
+        identity.append([source.name, source.kind, str(source.path), [[f.name, f.size, f.mtime_ns] for f in files]]
+                        + ([source.encoding] if "encoding" in described[source.name] else []))
     units = plan_units(with_files, unit_bytes)
     plan = {"version": PLAN_VERSION, "cleaning": cleaning.describe(), "unit_bytes": unit_bytes,
             "sources": described, "units": [u.to_json() for u in units]}
@@ -69,7 +71,29 @@ def run_sentences(plan: dict, out_dir: Path, processes: int, show_progress: bool
     run_parallel(process_unit, todo, processes, "sentences",
                  lambda r: (r["bytes_read"], {"docs": r["documents_kept"]}),
                  total=sum(t.unit.bytes for t in todo), show_progress=show_progress)
-    return summarize(out_dir)
+    counts = summarize(out_dir)
+    for name, total in counts.items():
+        log.info("sentences: %s", describe_counts(name, total, plan["sources"][name]))
+    return counts
+
+
+def describe_counts(name: str, total: dict, source: dict) -> str:
+    """One line per source: what was kept, and what was lost on the way (bad bytes)."""
+    dropped = total["documents_dropped"]
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in dropped.items())
+    undecodable = sum(total["undecodable"].values())
+    encoding = source.get("encoding", DEFAULT_ENCODING)
+    line = (f"source {name}: {total['documents_kept']:,} documents kept, {sum(dropped.values()):,} dropped"
+            + (f" ({reasons})" if reasons else "")
+            + f"; {undecodable:,} undecodable {encoding} byte sequences dropped")
+    if undecodable:
+        line += f" (in {len(total['undecodable']):,} of {len(source['inputs']):,} files"
+        if source["kind"] in ENCODABLE_KINDS:
+            line += f"; if they are not {encoding} but e.g. Latin-1, rerun with --encoding {name}=latin-1"
+        line += ")"
+    if total["malformed"]:
+        line += f"; {sum(total['malformed'].values()):,} malformed JSON records skipped"
+    return line
 
 
 def unit_text_path(out_dir: Path, index: int) -> Path:
@@ -89,7 +113,7 @@ def process_unit(task: SentenceUnitTask) -> dict:
     # errors="replace": JSON may carry lone surrogates (\ud800) that UTF-8 cannot hold.
     with atomic_path(text_path) as tmp, open(tmp, "w", encoding="utf-8", errors="replace") as out:
         for piece in task.unit.pieces:
-            for lines in read_documents(task.unit.kind, piece, counts):
+            for lines in read_documents(task.unit.kind, piece, counts, task.unit.encoding):
                 lines, reason = clean_document(lines, task.cleaning)
                 if reason:
                     dropped[reason] += 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from data_prep.readers import Piece, is_splittable
 from data_prep.sources import InputFile, SourceSpec
+from data_prep.textcheck import DEFAULT_ENCODING
 
 
 @dataclass(frozen=True)
@@ -21,19 +22,23 @@ class Unit:
     source: str
     kind: str
     pieces: tuple[Piece, ...]
+    encoding: str = DEFAULT_ENCODING
 
     @property
     def bytes(self) -> int:
         return sum(p.end - p.start for p in self.pieces)
 
     def to_json(self) -> dict:
-        return {"source": self.source, "kind": self.kind,
-                "pieces": [[p.path, p.name, p.start, p.end] for p in self.pieces]}
+        described = {"source": self.source, "kind": self.kind,
+                     "pieces": [[p.path, p.name, p.start, p.end] for p in self.pieces]}
+        if self.encoding != DEFAULT_ENCODING:  # plans of UTF-8 sources stay as they were
+            described["encoding"] = self.encoding
+        return described
 
     @staticmethod
     def from_json(index: int, obj: dict) -> "Unit":
         pieces = tuple(Piece(path, name, start, end) for path, name, start, end in obj["pieces"])
-        return Unit(index, obj["source"], obj["kind"], pieces)
+        return Unit(index, obj["source"], obj["kind"], pieces, obj.get("encoding", DEFAULT_ENCODING))
 
 
 def plan_units(sources: list[tuple[SourceSpec, list[InputFile]]], unit_bytes: int) -> list[Unit]:
@@ -54,8 +59,8 @@ def plan_units(sources: list[tuple[SourceSpec, list[InputFile]]], unit_bytes: in
                 pending_bytes += take
                 offset += take
                 if pending_bytes >= unit_bytes:
-                    units.append(Unit(len(units), source.name, source.kind, tuple(pending)))
+                    units.append(Unit(len(units), source.name, source.kind, tuple(pending), source.encoding))
                     pending, pending_bytes = [], 0
         if pending:
-            units.append(Unit(len(units), source.name, source.kind, tuple(pending)))
+            units.append(Unit(len(units), source.name, source.kind, tuple(pending), source.encoding))
     return units

@@ -49,7 +49,14 @@ def load_vocab(path: Path) -> Vocab:
     path = Path(path)
     if not path.is_file():
         raise DataPrepError(f"vocabulary not found: {path}")
-    tokens = tuple(path.read_text(encoding="utf-8").splitlines())
+    data = path.read_bytes()
+    try:
+        tokens = tuple(data.decode("utf-8").splitlines())
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataPrepError(f"vocabulary {path} is not UTF-8: byte 0x{data[error.start]:02x} on line {line} "
+                            f"(token {line - 1}) does not decode; expected a UTF-8 vocab.txt, one token per line "
+                            f"(convert it, e.g. iconv -f latin1 -t utf-8)") from None
     missing = [t for t in SPECIAL_TOKENS if t not in tokens]
     if missing:
         raise DataPrepError(f"vocabulary {path} lacks the special tokens {missing}; "
