@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -24,27 +25,35 @@ from bing_bert_pld.config import BertConfig
 
 
 def add_common_args(parser: argparse.ArgumentParser, batch_size: int = 4, reps: int = 5) -> None:
-    parser.add_argument("--model-config", default="bert-base",
+    parser.add_argument("--model-config", default="bert-base", metavar="NAME|JSON",
                         help="packaged config name (bert-tiny, bert-small, bert-base, "
                              "bert-large) or a JSON path")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--max-pred", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--seq-len", type=int, default=128, metavar="TOKENS", aliases=("--max_seq_length",),
+                        help="tokens per sequence")
+    parser.add_argument("--max-pred", type=int, default=20, metavar="N",
+                        aliases=("--max_predictions_per_seq",), help="masked positions per sequence")
+    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="SAMPLES",
+                        help="sequences per timed step")
     parser.add_argument("--reps", type=int, default=reps, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: cuda when there is one, else cpu")
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast (GPU: tensor cores; CPU: slow without AMX)")
     parser.add_argument("--compile-layers", action="store_true",
                         help="torch.compile each encoder layer on its own, so a skipped "
                              "layer still costs nothing (worth it on GPU; ~20 s per layer "
                              "shape to compile on CPU, no gain measured there)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend for --compile_layers (aot_eager: the same "
+                             "graphs without code generation, for a quick check of the plumbing)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, one per core)")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="wall: elapsed time; cpu: this process's CPU time, steadier on a "
                              "CPU machine that other jobs share (use with --threads 1, so no "
                              "thread spins waiting for a descheduled sibling)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the synthetic batches")
 
 
 @dataclass
@@ -155,12 +164,43 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the numbers as JSON to PATH (what gpu_check reads); "
+                             "default: printed only")
+
+
+def write_json(path: Optional[str], data: dict) -> None:
+    """Write `data` to path through a temporary name: a reader never sees half a file."""
+    if path is None:
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def peak_flops(setup: Setup) -> Optional[float]:
+    """The GPU's dense bf16 peak, FLOP/s; None on CPU or for a GPU not in the table."""
+    if not setup.is_cuda:
+        return None
+    return flops.peak_flops_per_sec(torch.cuda.get_device_name(setup.device))
+
+
+def mfu_value(setup: Setup, flops_per_sequence: float, sequences_per_sec: float) -> Optional[float]:
+    """Model FLOPs utilization (0..1) against peak_flops; None where there is no peak."""
+    peak = peak_flops(setup)
+    if peak is None:
+        return None
+    return flops.model_flops_utilization(flops_per_sequence, sequences_per_sec, peak)
+
+
 def mfu_line(setup: Setup, flops_per_sequence: float, sequences_per_sec: float,
              label: str) -> Optional[str]:
     """Model FLOPs utilization against the GPU's dense bf16 peak; None on CPU."""
     if not setup.is_cuda:
         return None
-    peak = flops.peak_flops_per_sec(torch.cuda.get_device_name(setup.device))
+    peak = peak_flops(setup)
     if peak is None:
         return f"{label}: MFU n/a (no peak for {torch.cuda.get_device_name(setup.device)})"
     mfu = flops.model_flops_utilization(flops_per_sequence, sequences_per_sec, peak)

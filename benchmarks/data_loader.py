@@ -18,7 +18,6 @@ would consume.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bing_bert_pld import flops
+from bing_bert_pld import cli, flops
 from bing_bert_pld.data import PretrainingDataLoader
 from bing_bert_pld.shard_validation import validate_shard_set
 from bing_bert_pld.model import BertForPreTraining
@@ -65,24 +64,26 @@ def training_samples_per_sec(setup, args) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser("benchmarks.data_loader", description=__doc__.split("\n\n")[0])
     add_common_args(parser, batch_size=4, reps=3)
     parser.add_argument("--data", default=None, help="shard directory; default: synthetic")
     parser.add_argument("--compression", default="gzip", choices=["gzip", "none"],
-                        help="synthetic shards only")
+                        help="of the synthetic shards (ignored with --data)")
     parser.add_argument("--shards", type=int, default=4, help="synthetic shards")
     parser.add_argument("--rows-per-shard", type=int, default=2048, help="synthetic rows")
     parser.add_argument("--world-size", type=int, default=1,
                         help="the loader is rank 0 of this many (it reads 1/W of the rows)")
     parser.add_argument("--loader-batches", type=int, default=1000,
                         help="batches timed (may cross epochs, as training does)")
-    parser.add_argument("--prefetch", type=int, default=8, help="as the trainer's default")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--prefetch", type=int, default=8, metavar="BATCHES", aliases=("--prefetch_batches",),
+                        help="batches read ahead, as the trainer's --prefetch_batches")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], aliases=("--loader_workers",),
                         help="loader num_workers to time, one run each")
     parser.add_argument("--train-samples-per-sec", type=float, default=None,
-                        help="skip measuring the training step; use this consumption")
+                        help="skip measuring the training step; use this consumption "
+                             "(samples/s); default: measured")
     parser.add_argument("--gpu-mfu", type=float, default=0.4,
-                        help="MFU of the GPU reference line")
+                        help="model FLOPs utilization (a fraction) of the GPU reference line")
     args = parser.parse_args(argv)
     setup = setup_from_args(args)
     config = setup.config

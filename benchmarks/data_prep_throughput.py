@@ -15,7 +15,6 @@ each copy brings new words: verbatim copies would flatter the tokenizer's word c
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from bing_bert_pld import cli
 from data_prep import corpora
 from data_prep.extract import extract_wikipedia
 from data_prep.instances import InstanceConfig
@@ -104,14 +104,18 @@ class PeakMemory:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser("benchmarks.data_prep_throughput", description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=48.0, help="corpus size in MB of raw text")
-    parser.add_argument("--processes", type=int, default=os.cpu_count())
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--max-pred", type=int, default=20)
-    parser.add_argument("--duplication", type=int, default=5)
-    parser.add_argument("--unit-mb", type=float, default=4.0)
-    parser.add_argument("--keep", type=Path, help="keep the corpus and output here instead of a temp dir")
+    parser.add_argument("--processes", type=int, default=os.cpu_count(),
+                        help="data_prep worker processes (default: all cores)")
+    parser.add_argument("--seq-len", type=int, default=128, metavar="TOKENS", aliases=("--max_seq_length",),
+                        help="as data_prep's")
+    parser.add_argument("--max-pred", type=int, default=20, metavar="N",
+                        aliases=("--max_predictions_per_seq",), help="as data_prep's")
+    parser.add_argument("--duplication", type=int, default=5, help="as data_prep's")
+    parser.add_argument("--unit-mb", type=float, default=4.0, metavar="MB", help="as data_prep's")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the corpus and output here; default: a temporary directory, removed")
     args = parser.parse_args()
     logging.basicConfig(format="%(message)s")
     logging.getLogger("data_prep").setLevel(logging.INFO)  # per-stage times

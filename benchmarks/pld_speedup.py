@@ -17,27 +17,27 @@ median full time / mean PLD time, is printed too; it depends on the gates drawn.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import torch
 
-from bing_bert_pld import flops
+from bing_bert_pld import cli, flops
 from bing_bert_pld.model import BertForPreTraining, compile_layers_separately
 from bing_bert_pld.pld import (LayerGates, expected_active_layers, keep_probabilities,
                                sample_gates)
 
-from .common import (add_common_args, describe_machine,
-                     make_optimizer, median, mfu_line, setup_from_args, synthetic_batch,
-                     timed_step)
+from .common import (add_common_args, add_json_arg, describe_machine,
+                     make_optimizer, median, mfu_line, mfu_value, peak_flops, setup_from_args,
+                     synthetic_batch, timed_step, write_json)
 
 PAPER_SAVING = 0.24  # time per sample, BERT-base seq 128 (Zhang & He 2020)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser("benchmarks.pld_speedup", description=__doc__.split("\n\n")[0])
     add_common_args(parser, batch_size=8, reps=6)
+    add_json_arg(parser)
     parser.add_argument("--theta", type=float, default=0.5,
                         help="steady-state theta (= theta_bar): the last layer's keep probability")
     args = parser.parse_args(argv)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     model = BertForPreTraining(config).to(device).train()
     if args.compile_layers:
-        compile_layers_separately(model.bert.encoder.layer)
+        compile_layers_separately(model.bert.encoder.layer, backend=args.compile_backend)
     optimizer = make_optimizer(model, device)
     generator = torch.Generator().manual_seed(args.seed)
     batch = synthetic_batch(config, args.batch_size, args.seq_len, args.max_pred,
@@ -128,6 +128,24 @@ def main(argv=None) -> int:
                  mfu_line(setup, f_expected, args.batch_size * speedup / t_full, "PLD")):
         if line:
             print(line)
+    write_json(args.json, {
+        "benchmark": "pld_speedup", "machine": describe_machine(setup),
+        "model_config": args.model_config, "layers": num_layers, "hidden": config.hidden_size,
+        "seq_len": args.seq_len, "max_pred": args.max_pred, "batch_size": args.batch_size,
+        "precision": setup.dtype_name, "compile_layers": args.compile_layers,
+        "compile_backend": args.compile_backend if args.compile_layers else None,
+        "theta": args.theta, "reps": args.reps,
+        "flops_per_sequence_full": f_full, "flops_per_sequence_pld_expected": f_expected,
+        "full_step_s": t_full, "full_forward_backward_s": fb_full,
+        "pld_step_mean_s": raw_pld, "pld_mean_active_layers": mean_active,
+        "predicted_speedup": predicted_expected, "measured_speedup": speedup,
+        "measured_over_predicted": ratio, "measured_over_predicted_forward_backward": ratio_fb,
+        "time_per_sample_saving": saving,
+        "samples_per_sec_full": args.batch_size / t_full,
+        "peak_flops": peak_flops(setup),
+        "mfu_full": mfu_value(setup, f_full, args.batch_size / t_full),
+        "mfu_pld": mfu_value(setup, f_expected, args.batch_size * speedup / t_full),
+    })
     return 0
 
 

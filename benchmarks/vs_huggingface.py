@@ -18,19 +18,18 @@ cover every token), which is exact: no other position's output reaches a loss.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 import transformers
 
-from bing_bert_pld import flops
+from bing_bert_pld import cli, flops
 from bing_bert_pld.hf_export import hf_config
 from bing_bert_pld.model import BertForPreTraining, compile_layers_separately
 
-from .common import (add_common_args, describe_machine,
-                     make_optimizer, median, mfu_line, setup_from_args, synthetic_batch,
-                     timed_step)
+from .common import (add_common_args, add_json_arg, describe_machine,
+                     make_optimizer, median, mfu_line, mfu_value, peak_flops, setup_from_args,
+                     synthetic_batch, timed_step, write_json)
 
 HF_TIED_ONLY = ("cls.predictions.decoder.bias",)  # HF's alias of cls.predictions.bias
 LOSS_TOLERANCE = 1e-4  # fp32; reductions run in a different order in the two models
@@ -54,10 +53,11 @@ def hf_labels(batch, seq_len: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser("benchmarks.vs_huggingface", description=__doc__.split("\n\n")[0])
     add_common_args(parser, batch_size=8, reps=5)
+    add_json_arg(parser)
     parser.add_argument("--compile-hf", action="store_true",
-                        help="also compile HF's encoder layers (--compile-layers is ours only)")
+                        help="also compile HF's encoder layers (--compile_layers is ours only)")
     args = parser.parse_args(argv)
     setup = setup_from_args(args, pre_layer_norm=False)  # HF BERT is Post-LN
     config, device = setup.config, setup.device
@@ -81,9 +81,14 @@ def main(argv=None) -> int:
         return ours(batch).loss
 
     # Numerics first, in fp32 and eval mode (no dropout): the same weights, the same loss.
+    # Without TF32, which setup turns on for the timed steps: with its 10-bit mantissa the
+    # two models' different summation orders could exceed the 1e-4 tolerance by rounding.
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     ours.eval(), hf.eval()
     loss_ours, loss_hf = ours_forward(), hf_forward()
     loss_ours.backward(), loss_hf.backward()
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     hf_params = dict(hf.named_parameters())
     grad_difference = max((p.grad - hf_params[name].grad).abs().max().item()
                           for name, p in ours.named_parameters())
@@ -92,9 +97,9 @@ def main(argv=None) -> int:
     difference = abs(loss_ours - loss_hf)
 
     if args.compile_layers:
-        compile_layers_separately(ours.bert.encoder.layer)
+        compile_layers_separately(ours.bert.encoder.layer, backend=args.compile_backend)
     if args.compile_hf:
-        compile_layers_separately(hf.bert.encoder.layer)
+        compile_layers_separately(hf.bert.encoder.layer, backend=args.compile_backend)
     ours.train(), hf.train()
     sides = {"ours": (ours_forward, make_optimizer(ours, device)),
              "hf": (hf_forward, make_optimizer(hf, device))}
@@ -133,6 +138,25 @@ def main(argv=None) -> int:
                  mfu_line(setup, f_hf, args.batch_size / t["hf"], "HF (its dense FLOPs)")):
         if line:
             print(line)
+    write_json(args.json, {
+        "benchmark": "vs_huggingface", "machine": describe_machine(setup),
+        "transformers": transformers.__version__,
+        "model_config": args.model_config, "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size, "seq_len": args.seq_len, "max_pred": args.max_pred,
+        "batch_size": args.batch_size, "precision": setup.dtype_name,
+        "compile_layers": args.compile_layers, "compile_hf": args.compile_hf,
+        "compile_backend": args.compile_backend if args.compile_layers or args.compile_hf else None,
+        "reps": args.reps, "loss_ours": loss_ours, "loss_hf": loss_hf,
+        "loss_difference": difference, "loss_equal": difference <= LOSS_TOLERANCE,
+        "max_gradient_difference": grad_difference,
+        "step_s": t, "forward_backward_s": fb,
+        "samples_per_sec": {name: args.batch_size / t[name] for name in t},
+        "speedup": t["hf"] / t["ours"], "speedup_forward_backward": fb["hf"] / fb["ours"],
+        "flops_per_sequence": {"ours": f_ours, "hf": f_hf}, "flops_ratio": f_hf / f_ours,
+        "peak_flops": peak_flops(setup),
+        "mfu": {"ours": mfu_value(setup, f_ours, args.batch_size / t["ours"]),
+                "hf": mfu_value(setup, f_hf, args.batch_size / t["hf"])},
+    })
     return 0 if difference <= LOSS_TOLERANCE else 1
 
 

@@ -88,11 +88,27 @@ def read_json_object(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(), object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}: key {err.args[0]!r} appears twice in one object; JSON keeps "
+                          "only the last, so the other would be silently ignored") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list) -> dict:
+    values = {}
+    for key, value in pairs:
+        if key in values:
+            raise _DuplicateKey(key)
+        values[key] = value
     return values
 
 

@@ -9,10 +9,13 @@ train_batch_size = micro batch x accumulation x world size, then runs DeepSpeed'
 config validation on exactly the dict the trainer would hand it, at that world size.
 Prints the effective settings and exits 0, or prints the error and exits 2.
 
---target says which machine the config is checked for: on CUDA DeepSpeed builds LAMB
-and Adam itself (fused kernels), on CPU ranks the trainer builds them as client
-optimizers. The default (auto) is the machine it runs on, and then fp16 is also
-checked against what this machine supports.
+--target says which machine the config is checked for: on CUDA the fused kernels
+(FusedLamb, FusedAdam; with bf16 we build FusedLamb ourselves), on CPU ranks the trainer's
+library optimizers. The default (auto) is the machine it runs on, and then fp16 is also
+checked against what this machine supports. `optimizer_route` says which optimizer and
+which DeepSpeed wrapper will run. For CUDA, `fused_ops` builds the op the route needs when
+this machine has CUDA (and shows the fallback if it cannot be built), and says plainly that
+it was not checked when this machine has none.
 """
 
 from __future__ import annotations
@@ -23,21 +26,32 @@ import sys
 from typing import Optional, Sequence
 
 from .config import BertConfig, ConfigError
-from .ds_config import TrainingSetup, check_setup_against_model, describe, load_training_setup
+from . import cli, fused_ops, run_options
+from .ds_config import TrainingSetup, check_setup_against_model, describe, fused_op_needed
+from .ds_validation import missing_lr_schedule_warning
 from .pld import expected_active_layers
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON")
-    parser.add_argument("--model_config", required=True,
+    parser = cli.ArgumentParser("bing_bert_pld.config_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deepspeed_config", required=True, metavar="JSON",
+                        help="the DeepSpeed JSON to check, as the trainer takes it")
+    parser.add_argument("--model_config", required=True, metavar="NAME|JSON",
                         help="model JSON path or packaged name (bert-base, bert-large, ...)")
-    parser.add_argument("--world_size", type=int, default=1,
+    parser.add_argument("--world_size", type=int, default=1, metavar="RANKS",
                         help="data-parallel ranks: nodes x GPUs per node (or CPU ranks)")
-    parser.add_argument("--max_seq_length", type=int, default=None,
-                        help="also check it against the model's max_position_embeddings")
+    parser.add_argument("--max_seq_length", type=int, default=None, metavar="TOKENS",
+                        help="also check it against the model's max_position_embeddings; "
+                             "default: not checked")
     parser.add_argument("--target", choices=("auto", "cuda", "cpu"), default="auto",
                         help="machine kind to check for; auto: this machine")
+    # The trainer's options for JSONs written for DeepSpeedExamples' client (run_options.py).
+    parser.add_argument("--lr_schedule", choices=run_options.LR_SCHEDULES, default=None,
+                        help="as the trainer's --lr_schedule; default: the JSON's schedule")
+    parser.add_argument("--lr_schedule_total_steps", type=int, default=None, metavar="STEPS",
+                        help="as the trainer's --lr_schedule_total_steps (default: 200000)")
+    parser.add_argument("--precision", choices=run_options.PRECISIONS, default=None,
+                        help="as the trainer's --precision; default: the JSON's precision")
     args = parser.parse_args(argv)
     if args.world_size < 1:
         parser.error(f"--world_size must be >= 1, got {args.world_size}")
@@ -60,29 +74,18 @@ def _deepspeed_sees_world_size(world_size: int):
 
 
 def validate_with_deepspeed(setup: TrainingSetup, world_size: int) -> None:
-    """DeepSpeed's own checks on the dict deepspeed.initialize would receive."""
-    import torch
-    from deepspeed.runtime import lr_schedules
-    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS, DeepSpeedConfig
+    """DeepSpeed's own checks on the dict deepspeed.initialize would receive (optimizer and
+    scheduler types were checked with the file, in ds_validation)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
 
     try:
         with _deepspeed_sees_world_size(world_size):
-            config = DeepSpeedConfig(setup.deepspeed)
+            DeepSpeedConfig(setup.deepspeed)
     except Exception as err:  # DeepSpeed reports with asserts, ValueErrors and pydantic errors
-        message = str(err).strip() or type(err).__name__
+        # pydantic's reports span lines; the error is one line.
+        message = " ".join(str(err).split()) or type(err).__name__
         raise ConfigError(f"{setup.source}: DeepSpeed rejects the config at world size "
                           f"{world_size}: {message}") from None
-    # Checked by the engine only at initialization; cheap to check now.
-    name = config.optimizer_name
-    if name is not None and name not in DEEPSPEED_OPTIMIZERS and not hasattr(torch.optim, name):
-        raise ConfigError(f"{setup.source}: DeepSpeed does not know optimizer type {name!r}; "
-                          f"it knows {sorted(DEEPSPEED_OPTIMIZERS)} and torch.optim's classes")
-    name = config.scheduler_name
-    if name is not None and not hasattr(lr_schedules, name) \
-            and not hasattr(torch.optim.lr_scheduler, name):
-        raise ConfigError(f"{setup.source}: unknown scheduler type {name!r}; ours are "
-                          "WarmupExpDecay and WarmupPolyDecay, DeepSpeed's are "
-                          f"{lr_schedules.VALID_LR_SCHEDULES}")
 
 
 def check(args: argparse.Namespace) -> dict:
@@ -91,10 +94,16 @@ def check(args: argparse.Namespace) -> dict:
 
     model = BertConfig.from_json(args.model_config)
     cuda = torch.cuda.is_available() if args.target == "auto" else args.target == "cuda"
-    setup = load_training_setup(args.deepspeed_config, cuda)
+    setup = run_options.load_setup(args.deepspeed_config, cuda, args.lr_schedule,
+                                   args.lr_schedule_total_steps, args.precision)
+    warning = missing_lr_schedule_warning(setup)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     check_setup_against_model(setup, model, args.model_config, args.max_seq_length,
                               fp16_on_this_cpu=args.target == "auto" and not cuda)
+    fused_ops_line = check_fused_ops(setup)
     settings = describe(setup, args.world_size)
+    settings["fused_ops"] = fused_ops_line
     validate_with_deepspeed(setup, args.world_size)
     layers = model.num_hidden_layers
     settings.update({
@@ -113,12 +122,34 @@ def check(args: argparse.Namespace) -> dict:
     return settings
 
 
+def check_fused_ops(setup: TrainingSetup) -> str:
+    """Build the op the route needs, as the trainer would; on failure switch the setup to the
+    trainer's fallback, so that optimizer_route shows the route that would really run."""
+    op = fused_op_needed(setup)
+    if not setup.cuda:
+        return "not applicable: CPU ranks use library optimizers, nothing to build"
+    if op is None:
+        return "none needed by this route"
+    fallback = fused_ops.LIBRARY_FALLBACK[op]
+    if not fused_ops.cuda_present():
+        return (f"{op} NOT CHECKED: this machine has no CUDA, so nothing was built. The route "
+                f"JIT-builds {op} on first use (needs nvcc, ninja and a CUDA build of torch); if "
+                f"that fails the trainer falls back to {fallback} with one warning. Check on the "
+                "GPU machine: python -m bing_bert_pld.fused_ops")
+    status = fused_ops.load(op)
+    if status.ok:
+        return f"{op} {status.detail}"
+    setup.use_library_optimizer(f"{op} could not be built ({status.detail}); using {fallback}, "
+                                "per tensor, with the same params")
+    return f"{op} cannot be built: {status.detail}; the trainer will fall back to {fallback}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         settings = check(args)
     except ConfigError as err:
-        print(f"config check failed: {err}", file=sys.stderr)
+        print(f"error: config check failed: {err}", file=sys.stderr)
         return 2
     print(f"config check passed: {args.deepspeed_config} with {args.model_config} "
           f"at world size {args.world_size}")

@@ -15,8 +15,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import lr_schedules
-from .ds_config import TrainingSetup
+from . import fused_ops, lr_schedules, shm_comm
+from .ds_config import TrainingSetup, fused_op_needed, optimizer_route
+from .metrics_log import LOG
 from .pld import LayerGates, PLDSchedule, sample_gates
 
 
@@ -113,18 +114,56 @@ def build_client_optimizer(setup: TrainingSetup, model: nn.Module) -> Optional[t
     eps = params.pop("eps", 1e-6 if spec.kind == "lamb" else 1e-8)
     weight_decay = params.pop("weight_decay", 0.0)
     groups = decay_groups(model, weight_decay)
+    if spec.kind == "lamb" and spec.backend == "fused":
+        from deepspeed.ops.lamb import FusedLamb
+        # FusedLamb's own defaults for what the JSON leaves out (eps 1e-8, max_coeff 10,
+        # min_coeff 0.01, bias_correction true), as when DeepSpeed builds it from the block.
+        given = {key: value for key, value in spec.params.items() if key != "weight_decay"}
+        if "betas" in given:
+            given["betas"] = tuple(given["betas"])
+        return FusedLamb(groups, **given)
     if spec.kind == "lamb":
         from pytorch_optimizer import Lamb
         # Weight decay inside the trust ratio, as in the LAMB paper and DeepSpeed's
         # FusedLamb. Gradient clipping is DeepSpeed's (gradient_clipping), so pre_norm is
-        # off. max_coeff/min_coeff/bias_correction only exist in the fused CUDA kernel.
+        # off. It has no max_coeff/min_coeff/bias_correction: it always divides the step by
+        # 1 - beta1^t (no second-moment correction) and clamps the weight norm at 10
+        # instead of the trust ratio (ds_configs/README.md, "Optimizer routes").
         return Lamb(groups, lr=lr, betas=betas, eps=eps, weight_decouple=False,
                     foreach=False)
+    if params.get("bias_correction", True) is False:
+        return _cpu_adam_without_bias_correction(groups, spec.kind, lr, betas, eps, params)
     # torch's fused CPU kernel: one pass over each tensor instead of a dozen foreach
-    # passes, ~8x faster on BERT-base here (0.045 s vs 0.35 s a step).
+    # passes, ~8x faster on BERT-base here (0.045 s vs 0.35 s a step). It always
+    # corrects the bias, as FusedAdam does with bias_correction true (its default).
     optimizer_class = torch.optim.Adam if spec.kind == "adam" else torch.optim.AdamW
     return optimizer_class(groups, lr=lr, betas=betas, eps=eps,
                            amsgrad=params.get("amsgrad", False), fused=True)
+
+
+def _cpu_adam_without_bias_correction(groups: list[dict], kind: str, lr: float, betas: tuple,
+                                      eps: float, params: dict) -> torch.optim.Optimizer:
+    """Adam(W) with bias_correction false on CPU ranks (DeepSpeedExamples' PLD config):
+    torch's Adam always corrects the bias, DeepSpeed's DeepSpeedCPUAdam takes the flag as
+    FusedAdam does. Its cpu_adam op is JIT-built with g++ the first time (about 2 to 3.5
+    minutes on 2 cores) and cached under TORCH_EXTENSIONS_DIR (2.4 s to load afterwards)."""
+    from .config import ConfigError
+
+    if params.get("amsgrad", False):
+        raise ConfigError("optimizer Adam: amsgrad with bias_correction false is not available "
+                          "on CPU ranks (DeepSpeedCPUAdam has no AMSGrad)")
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    try:
+        return DeepSpeedCPUAdam(groups, lr=lr, bias_correction=False, betas=betas, eps=eps,
+                                adamw_mode=kind == "adamw")
+    except RuntimeError as err:  # DeepSpeedCPUAdam wraps the build's error
+        cause = err.__cause__ or err
+        first_line = next((line for line in str(cause).splitlines() if line.strip()), "")
+        raise ConfigError(
+            "optimizer Adam with bias_correction false on CPU ranks needs DeepSpeed's cpu_adam "
+            f"op, which could not be built or loaded here (a g++ JIT build): "
+            f"{type(cause).__name__}: {first_line}") from None
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -167,13 +206,23 @@ def init_distributed() -> None:
     if not torch.cuda.is_available():
         # CPU ranks on one machine share its cores; without a cap each rank starts a
         # thread per core and they thrash (10-100x slower with 2 ranks on 2 cores).
+        # An explicit OMP_NUM_THREADS wins (fewer threads than cores on a machine other
+        # jobs share: two threads on 2 busy cores spin-wait for each other).
         local_ranks = int(os.environ.get("LOCAL_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
+        requested = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(requested) if requested.isdigit() and int(requested) > 0
+                              else max(1, (os.cpu_count() or 1) // local_ranks))
     else:
         # Before the process group exists: NCCL collectives (all_gather_object among
         # them) run on the current device, which must be this rank's GPU.
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not torch.cuda.is_available():
+        shm_comm.announce_build()  # else a first launch is silent for a minute or two
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if not torch.cuda.is_available():
+        # DeepSpeed's CPU allreduce leaves a 66 MB /dev/shm file per rank, never removed:
+        # unlinked here once every rank has mapped them all (shm_comm.py).
+        shm_comm.release_own_buffer(dist.barrier)
 
 
 def _free_port() -> int:
@@ -184,10 +233,37 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def use_buildable_optimizer(setup: TrainingSetup) -> None:
+    """Build the fused op the setup's optimizer needs now; where it cannot be built, switch
+    the setup to the per-tensor library optimizer with one warning naming the reason. Every
+    rank takes the same decision (one failing rank makes all fall back)."""
+    op = fused_op_needed(setup)
+    if op is None:
+        return
+    status = fused_ops.load(op)
+    reasons = [None if status.ok else status.detail]
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        reasons = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(reasons, None if status.ok else status.detail)
+    failed = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
+    if not failed:
+        return
+    rank, reason = failed[0]
+    where = f" on rank {rank}" if len(reasons) > 1 else ""
+    setup.use_library_optimizer(f"{op} could not be built{where} ({reason}); using "
+                                f"{fused_ops.LIBRARY_FALLBACK[op]}, per tensor, with the same params")
+    if len(reasons) == 1 or torch.distributed.get_rank() == 0:
+        # One line for the job: every rank decided the same, rank 0 says it.
+        LOG.warning("optimizer fallback: %s", setup.optimizer_fallback)
+
+
 def initialize_engine(model: nn.Module, setup: TrainingSetup):
-    """deepspeed.initialize with our optimizer / scheduler choices; returns the engine."""
+    """deepspeed.initialize with our optimizer / scheduler choices; returns the engine.
+    May switch `setup` to a library optimizer (use_buildable_optimizer)."""
     import deepspeed
 
+    use_buildable_optimizer(setup)
+    LOG.info("optimizer route: %s", optimizer_route(setup))
     optimizer = build_client_optimizer(setup, model)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -197,4 +273,35 @@ def initialize_engine(model: nn.Module, setup: TrainingSetup):
         lr_scheduler=lr_scheduler_factory(setup),
         config=setup.deepspeed,
     )
+    if engine.fp16_enabled() and not engine.zero_optimization():
+        scale_fp16_loss_in_backward(engine)
     return engine
+
+
+def scale_fp16_loss_in_backward(engine) -> None:
+    """DeepSpeed 0.19.8 (deepspeedai/DeepSpeed#8393, open): with fp16 at ZeRO stage 0,
+    engine.backward never multiplies the loss by the loss scale, yet FP16_Optimizer and
+    FP16_UnfusedOptimizer divide the gradients by it in step(). Every update would be
+    ~scale times too small (the scale starts at 2^16) and small fp16 gradients would
+    underflow. Here the gradient reaching the loss is multiplied by the current scale at
+    the start of backward, unless DeepSpeed already scaled it (a release with the fix):
+    the hook compares that gradient with the unscaled 1/accumulation on the device, so
+    nothing is scaled twice and nothing waits for the host."""
+    backward = engine.backward
+
+    def backward_with_loss_scale(loss, retain_graph=False, scale_wrt_gas=True):
+        if not loss.requires_grad:  # DeepSpeed's own checks and message
+            return backward(loss, retain_graph=retain_graph, scale_wrt_gas=scale_wrt_gas)
+        unscaled = 1.0 / engine.gradient_accumulation_steps() if scale_wrt_gas else 1.0
+        scale = float(engine.optimizer.loss_scale)
+
+        def multiply_unless_scaled(grad):
+            return torch.where(torch.isclose(grad, torch.full_like(grad, unscaled)), grad * scale, grad)
+
+        handle = loss.register_hook(multiply_unless_scaled)
+        try:
+            return backward(loss, retain_graph=retain_graph, scale_wrt_gas=scale_wrt_gas)
+        finally:
+            handle.remove()
+
+    engine.backward = backward_with_loss_scale

@@ -31,15 +31,16 @@ Design choices:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from . import cli
 from .config import BertConfig
 from .model import BertForPreTraining
 from .pretrained import CheckpointError, Pretrained, check_names_and_shapes, read_pretrained
@@ -296,22 +297,31 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous().clone() for name, tensor in tensors.items()}
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = cli.ArgumentParser(
+        "bing_bert_pld.hf_export",
         description="Export a bing_bert_pld checkpoint to a Hugging Face transformers directory")
     parser.add_argument("checkpoint", help="training output dir, checkpoint root or tag dir")
-    parser.add_argument("out_dir")
-    parser.add_argument("--vocab", help="vocab.txt (default: the one in run_config.json)")
+    parser.add_argument("out_dir", help="the transformers directory to write (config.json, "
+                                        "model.safetensors, vocab.txt)")
+    parser.add_argument("--vocab", metavar="PATH", aliases=("--vocab_file",),
+                        help="vocab.txt (default: the one in run_config.json)")
     case = parser.add_mutually_exclusive_group()
     case.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
                       help="the text was lowercased (default: as recorded)")
-    case.add_argument("--cased", dest="lowercase", action="store_false")
+    case.add_argument("--cased", dest="lowercase", action="store_false",
+                      help="the text kept its case (default: as recorded)")
     args = parser.parse_args(argv)
-    pretrained = read_pretrained(args.checkpoint)
-    out = export(pretrained, args.out_dir, vocab_file=args.vocab, lowercase=args.lowercase)
+    try:
+        pretrained = read_pretrained(args.checkpoint)
+        out = export(pretrained, args.out_dir, vocab_file=args.vocab, lowercase=args.lowercase)
+    except ValueError as err:  # CheckpointError (damaged, unsafe, mismatched), ConfigError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     kind = "roberta-prelayernorm" if pretrained.config.pre_layer_norm else "bert"
     print(f"exported {pretrained.source} to {out} as {kind}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,13 @@ Zhang & He, NeurIPS 2020 (arXiv 2010.13369):
     p_i      = 1 - (i / L) * (1 - theta)                           (layer i of L, 1-based)
 A kept layer's branches are scaled by 1 / p_i in training; evaluation runs every layer.
 
+Step convention: every forward of the optimizer step taken while the engine's
+`global_steps == k` (k steps completed) uses theta(k), so the first step runs at
+theta(0) = 1. DeepSpeed <= 0.19.7 updated its PLD state at the end of the previous step
+with the count before incrementing it, so that step saw theta(k - 1) (theta(0) for k = 0
+and 1). The two differ by (1 - theta_bar) * exp(-gamma (k - 1)) * (1 - exp(-gamma)) for
+k >= 1, largest at k = 1: 0.5 * (1 - e^-0.001) = 4.9975e-4 at theta_bar 0.5, gamma 0.001.
+
 Gates are drawn from a generator seeded by (seed, optimizer step, micro-step), so every
 data-parallel rank draws the same gates without communicating (no rank waits for a
 deeper one), and a resumed run draws what the uninterrupted one would have. No torch.

@@ -16,6 +16,11 @@ under ZeRO-3 and the exact weights under ZeRO-1/2 with bf16/fp16 (the module cop
 rounded to 16 bits there). The model configuration and the vocabulary are read from
 `<tag>/run_config.json`, which the trainer writes with every checkpoint.
 
+The checkpoint layout is checkpoint.py's: `latest` must name a tag directory inside the
+root, a checkpoint with a manifest is verified against it (sizes and sha256) before
+anything is read, and every .pt file is read weights-only (checkpoint.safe_load), also
+before DeepSpeed's zero_to_fp32 opens it with a plain torch.load.
+
 `load_strict` replaces `load_state_dict(strict=False)`: a checkpoint that does not
 match the configuration stops with every missing, unexpected and mis-shaped name.
 """
@@ -31,18 +36,17 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import checkpoint
+from .checkpoint import LATEST, RUN_CONFIG, CheckpointError
 from .config import BertConfig
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.json"
-LATEST = "latest"
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ZERO_OPTIM_GLOB = "*zero_pp_rank_*_optim_states.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be found or read; the message names the path."""
+__all__ = ["CheckpointError", "CheckpointMismatchError", "LATEST", "Pretrained", "RUN_CONFIG",
+           "check_names_and_shapes", "load_pretrained", "load_strict", "read_pretrained",
+           "resolve_tag_dir"]
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -94,21 +98,9 @@ def read_pretrained(path: str | Path) -> Pretrained:
 
 
 def resolve_tag_dir(path: Path) -> Path:
-    """An output dir, a checkpoint root or a tag dir -> the tag dir."""
-    for root in (path, path / "checkpoints"):
-        latest = root / LATEST
-        if latest.is_file():
-            tag_dir = root / latest.read_text().strip()
-            if not tag_dir.is_dir():
-                raise CheckpointError(f"{latest} names tag {tag_dir.name!r}, but {tag_dir} "
-                                      "does not exist")
-            return tag_dir
-    if (path / RUN_CONFIG).is_file() or any(path.glob("*_model_states.pt")):
-        return path
-    raise CheckpointError(
-        f"{path}: no DeepSpeed checkpoint here: expected a 'latest' file (checkpoint root), "
-        f"'checkpoints/latest' (output dir), a tag directory with {RUN_CONFIG} and "
-        "*_model_states.pt, or an exported directory with config.json and model.safetensors")
+    """An output dir, a checkpoint root or a tag dir -> the tag dir, verified when it has
+    a manifest (checkpoint.resolve_checkpoint)."""
+    return checkpoint.resolve_checkpoint(path)
 
 
 def _read_deepspeed(tag_dir: Path) -> Pretrained:
@@ -131,14 +123,14 @@ def _deepspeed_weights(tag_dir: Path) -> dict[str, torch.Tensor]:
     if any(tag_dir.glob(ZERO_OPTIM_GLOB)):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        checkpoint.preload_all(tag_dir)  # zero_to_fp32 unpickles with weights_only=False
         state_dict = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     else:
         states_path = tag_dir / MODEL_STATES
         if not states_path.is_file():
             raise CheckpointError(f"{tag_dir}: neither {MODEL_STATES} nor ZeRO shards "
                                   f"({ZERO_OPTIM_GLOB}) found")
-        # DeepSpeed pickles its config and version beside the tensors: not weights-only.
-        states = torch.load(states_path, map_location="cpu", weights_only=False)
+        states = checkpoint.safe_load(states_path)
         state_dict = states.get("module")
         if not state_dict:
             raise CheckpointError(f"{states_path} holds no 'module' weights")

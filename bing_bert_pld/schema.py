@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MANIFEST_NAME = "manifest.json"
+# data_prep's marker while shards are being written: the request, before manifest.json exists.
+IN_PROGRESS_NAME = ".in_progress.json"
 SHARD_SUFFIX = ".hdf5"
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from bing_bert_pld import cli as bbp_cli
 from data_prep.cleaning import CleaningConfig
 from data_prep.errors import DataPrepError
 from data_prep.extract import extract_wikipedia
@@ -52,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
-    stages = parser.add_subparsers(dest="stage", required=True)
+    parser = bbp_cli.ArgumentParser("data_prep", description=__doc__.splitlines()[0])
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE",
+                                   help="one stage, or all of them; python -m data_prep STAGE -h "
+                                        "describes its flags")
 
     p = stages.add_parser("extract", help="Wikipedia XML dump -> wikiextractor JSON (runs wikiextractor)")
     p.add_argument("--input", type=Path, required=True, help="dump file (.xml or .xml.bz2)")
@@ -63,38 +66,40 @@ def _parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("sentences", help="sources -> cleaned, sentence-split text units")
     _add_source_options(p)
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="directory for the text units and their plan")
     _add_run_options(p)
     p.set_defaults(run=_run_sentences)
 
     p = stages.add_parser("vocab", help="train a WordPiece vocab.txt on a sentences directory")
-    p.add_argument("--sentences", type=Path, required=True)
-    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--sentences", type=Path, required=True, help="the sentences stage's --output")
+    p.add_argument("--vocab-size", type=int, required=True, help="word pieces in the vocabulary (30522 as bert-base)")
     _add_lowercase(p)
     p.add_argument("--output", type=Path, required=True, help="vocab.txt to write")
     _add_run_options(p)
     p.set_defaults(run=_run_vocab)
 
     p = stages.add_parser("instances", help="sentences -> tokenized, paired, masked instance records")
-    p.add_argument("--sentences", type=Path, required=True)
-    p.add_argument("--vocab", type=Path, required=True)
+    p.add_argument("--sentences", type=Path, required=True, help="the sentences stage's --output")
+    p.add_argument("--vocab", type=Path, required=True, aliases=("--vocab_file",), help="vocab.txt")
     _add_lowercase(p)
     _add_instance_options(p)
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="directory for the instance records")
     _add_run_options(p)
     p.set_defaults(run=_run_instances)
 
     p = stages.add_parser("shards", help="instance records -> shuffled HDF5 shards + manifest")
-    p.add_argument("--instances", type=Path, required=True)
+    p.add_argument("--instances", type=Path, required=True, help="the instances stage's --output")
     _add_shard_options(p)
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="where train/, validation/, manifest.json go")
     _add_run_options(p)
     p.set_defaults(run=_run_shards)
 
     p = stages.add_parser("verify", help="check a shard set (ours or NVIDIA's); exit 1 on a defect")
     p.add_argument("path", type=Path, help="output directory, split directory or one shard")
-    p.add_argument("--vocab", type=Path, help="vocab.txt (default: the one beside the manifest)")
-    p.add_argument("--vocab-size", type=int, help="when no vocab.txt is at hand")
+    p.add_argument("--vocab", type=Path, aliases=("--vocab_file",),
+                   help="vocab.txt (default: the one beside the manifest)")
+    p.add_argument("--vocab-size", type=int,
+                   help="when no vocab.txt is at hand (default: the vocab.txt's size)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_run_options(p)
     p.set_defaults(run=_run_verify)
@@ -102,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     p = stages.add_parser("all", help="the whole pipeline: sources -> verified shards")
     _add_source_options(p)
     vocab = p.add_mutually_exclusive_group(required=True)
-    vocab.add_argument("--vocab", type=Path, help="a bert-base compatible vocab.txt")
+    vocab.add_argument("--vocab", type=Path, aliases=("--vocab_file",), help="a bert-base compatible vocab.txt")
     vocab.add_argument("--vocab-size", type=int, help="train a vocabulary of this size on the corpus")
     _add_lowercase(p)
     _add_instance_options(p)
@@ -133,7 +138,7 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="shorter lines are headings and are dropped (default: %(default)s)")
     p.add_argument("--min-doc-words", type=int, default=cleaning.min_doc_words,
                    help="shorter documents are dropped (default: %(default)s)")
-    p.add_argument("--unit-mb", type=float, default=4.0,
+    p.add_argument("--unit-mb", type=float, default=4.0, metavar="MB",
                    help="input MB per work unit: the grain of parallelism and of memory (default: %(default)s)")
     p.add_argument("--encoding", dest="encodings", action="append", default=[], metavar="NAME=CODEC",
                    help="repeatable; the text encoding of the books, text or jsonl source NAME (default: utf-8)")
@@ -147,16 +152,25 @@ def _source_argument(text: str):
 
 
 def _add_instance_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seq-len", type=int, default=_DEFAULTS.seq_len, help="max_seq_length (128 or 512)")
-    p.add_argument("--max-pred", type=int, default=_DEFAULTS.max_pred, help="max_predictions_per_seq (20 or 80)")
-    p.add_argument("--duplication", type=int, default=_DEFAULTS.duplication, help="dupe factor (default: %(default)s)")
-    p.add_argument("--short-seq-prob", type=float, default=_DEFAULTS.short_seq_prob)
-    p.add_argument("--masked-lm-prob", type=float, default=MaskingConfig().probability)
+    # The trainer's names are aliases: the same number, typed as the trainer's flag.
+    p.add_argument("--seq-len", type=int, default=_DEFAULTS.seq_len, metavar="TOKENS",
+                   aliases=("--max_seq_length",), help="tokens per sequence, as the trainer's (128 or 512)")
+    p.add_argument("--max-pred", type=int, default=_DEFAULTS.max_pred, metavar="N",
+                   aliases=("--max_predictions_per_seq",),
+                   help="masked positions per sequence, as the trainer's (20 or 80)")
+    p.add_argument("--duplication", type=int, default=_DEFAULTS.duplication,
+                   help="dupe factor: passes over the corpus, each with new pairs and masks (default: %(default)s)")
+    p.add_argument("--short-seq-prob", type=float, default=_DEFAULTS.short_seq_prob, metavar="P",
+                   help="probability of a shorter target length for a pair, as BERT's create_pretraining_data")
+    p.add_argument("--masked-lm-prob", type=float, default=MaskingConfig().probability, metavar="P",
+                   help="fraction of tokens masked (80%% [MASK], 10%% random, 10%% kept)")
     p.add_argument("--whole-word-mask", action="store_true", help="mask whole words, not single word pieces")
     p.add_argument("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction,
                    help="fraction of documents held out (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    p.add_argument("--bucket-mb", type=int, default=_DEFAULTS.bucket_mb,
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed,
+                   help="seeds the held-out split, pairing, masking and the shard shuffle: the same "
+                        "seed and inputs give the same bytes")
+    p.add_argument("--bucket-mb", type=int, default=_DEFAULTS.bucket_mb, metavar="MB",
                    help="text MB x duplication per shuffle bucket; bounds the shard stage's memory")
 
 

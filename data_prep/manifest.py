@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bing_bert_pld.schema import MANIFEST_NAME, SHARD_SUFFIX
+from bing_bert_pld.schema import IN_PROGRESS_NAME, MANIFEST_NAME, SHARD_SUFFIX
 from data_prep.errors import DataPrepError
 from data_prep.fsutil import read_json, write_json
 from data_prep.records import SPLITS
 
 FORMAT_VERSION = 1
-IN_PROGRESS_NAME = ".in_progress.json"
 REQUEST_KEYS = ("format_version", "seq_len", "max_pred", "vocab_size", "vocab_sha256", "lowercase", "masking",
                 "seed", "build", "inputs")
 # Unknown before the vocabulary is trained: `all` compares them only later.

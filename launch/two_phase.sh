@@ -20,8 +20,8 @@
 #   PHASE1_DATA_DIR, PHASE2_DATA_DIR  shard sets made at each phase's sequence length (required)
 #   OUTPUT_DIR                        (required)
 #   PHASE1_MAX_STEPS, PHASE2_MAX_STEPS  optimizer steps of each phase (required)
-#   PHASE1_DS_CONFIG  [ds_configs/bert_base_seq128_pld_fp16.json / ds_configs/cpu_small_pld.json]
-#   PHASE2_DS_CONFIG  [ds_configs/bert_base_seq512_pld_fp16.json / ds_configs/cpu_small_pld.json]
+#   PHASE1_DS_CONFIG  [ds_configs/bert_base_seq128_pld_bf16.json / ds_configs/cpu_small_pld.json]
+#   PHASE2_DS_CONFIG  [ds_configs/bert_base_seq512_pld_bf16.json / ds_configs/cpu_small_pld.json]
 #   MODEL_CONFIG      [bert-base / bert-small]
 #   PHASE1_SEQ_LEN [128], PHASE1_MAX_PRED [20], PHASE2_SEQ_LEN [512], PHASE2_MAX_PRED [80]
 #   PHASE2_KEEP_OPTIMIZER  0 or 1 [0]
@@ -29,16 +29,18 @@
 #                     takes the same variables (plus HOSTFILE)
 # Every argument is passed to bing_bert_pld.train in both phases.
 #
-# SIGUSR1 or SIGTERM to this script: the running phase saves a checkpoint and stops, and
-# phase 2 does not start; run the same command again to continue.
+# SIGUSR1, SIGTERM or SIGINT to this script (or to its process group; or
+# `bash launch/stop.sh OUTPUT_DIR`): the running phase saves a checkpoint and stops, the
+# next phase does not start, and the script exits 0; run the same command again to continue.
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO_DIR/launch/lib.sh"
+install_stop_traps
 
 if [[ "$(count_gpus)" -gt 0 ]]; then
-    PHASE1_DS_CONFIG="${PHASE1_DS_CONFIG:-$REPO_DIR/ds_configs/bert_base_seq128_pld_fp16.json}"
-    PHASE2_DS_CONFIG="${PHASE2_DS_CONFIG:-$REPO_DIR/ds_configs/bert_base_seq512_pld_fp16.json}"
+    PHASE1_DS_CONFIG="${PHASE1_DS_CONFIG:-$REPO_DIR/ds_configs/bert_base_seq128_pld_bf16.json}"
+    PHASE2_DS_CONFIG="${PHASE2_DS_CONFIG:-$REPO_DIR/ds_configs/bert_base_seq512_pld_bf16.json}"
     MODEL_CONFIG="${MODEL_CONFIG:-bert-base}"
 else
     PHASE1_DS_CONFIG="${PHASE1_DS_CONFIG:-$REPO_DIR/ds_configs/cpu_small_pld.json}"
@@ -70,6 +72,7 @@ require_file "$LAUNCH_SCRIPT" "LAUNCH_SCRIPT"
 
 PHASE1_DIR="$OUTPUT_DIR/phase1"
 PHASE2_DIR="$OUTPUT_DIR/phase2"
+claim_output_dir "$OUTPUT_DIR"
 
 # The optimizer step of a run's latest checkpoint, 0 without one.
 checkpoint_step() {
@@ -87,6 +90,7 @@ run_phase() {
     local phase="$1" data_dir="$2" out_dir="$3" ds_config="$4"
     shift 4
     echo "=== phase $phase: $out_dir"
+    CHILD_OUTPUT_DIR="$out_dir"
     run_forwarding_stop signal_child_script \
         env DATA_DIR="$data_dir" OUTPUT_DIR="$out_dir" DS_CONFIG="$ds_config" \
         MODEL_CONFIG="$MODEL_CONFIG" bash "$LAUNCH_SCRIPT" "$@"
@@ -124,4 +128,9 @@ else
     phase2_args+=(--max_steps "$PHASE2_MAX_STEPS")
 fi
 run_phase 2 "$PHASE2_DATA_DIR" "$PHASE2_DIR" "$PHASE2_DS_CONFIG" "${phase2_args[@]}" "$@"
+if [[ -n "$STOP_SIGNAL" ]]; then
+    echo "stopped (SIG$STOP_SIGNAL): phase 2 at step $(checkpoint_step "$PHASE2_DIR") in $PHASE2_DIR." \
+         "Run the same command again to continue."
+    exit 0
+fi
 echo "=== done: phase 1 in $PHASE1_DIR (step $phase1_step), phase 2 in $PHASE2_DIR (step $(checkpoint_step "$PHASE2_DIR"))"

@@ -65,10 +65,15 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], compression: str | No
 
 def write_shard_set(directory: str | Path, n_shards: int, rows_per_shard: int | Sequence[int],
                     seq_len: int, max_pred: int, vocab_size: int, seed: int,
-                    compression: str | None = None, manifest: bool = True,
+                    compression: str | None = None, manifest: bool | None = None,
                     split: str | None = None) -> list[Path]:
-    """`n_shards` files shard_00000.hdf5 ... in `directory` (or `directory/split`, the
-    data_prep layout, with the manifest in `directory`). Returns the shard paths."""
+    """`n_shards` files shard_00000.hdf5 ... in `directory`, or in `directory/split` with
+    the manifest in `directory` (data_prep's layout; a second split joins the manifest
+    the first one wrote). A manifest needs a split: `manifest` defaults to whether one
+    is given. Returns the shard paths."""
+    manifest = split is not None if manifest is None else manifest
+    if manifest and split is None:
+        raise ValueError("a manifest lists its shards by split: pass split= (data_prep's layout)")
     directory = Path(directory)
     shard_dir = directory / split if split else directory
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -81,10 +86,12 @@ def write_shard_set(directory: str | Path, n_shards: int, rows_per_shard: int | 
              for i, n in enumerate(rows)]
     if manifest:
         listed = [{"name": p.name, "rows": n} for p, n in zip(paths, rows)]
-        (directory / MANIFEST_NAME).write_text(json.dumps({
+        path = directory / MANIFEST_NAME
+        splits = json.loads(path.read_text())["splits"] if path.exists() else {}
+        path.write_text(json.dumps({
             "format_version": 1, "seq_len": seq_len, "max_pred": max_pred, "vocab_size": vocab_size,
             "vocab_sha256": "", "lowercase": True,
             "masking": {"kind": "synthetic", "mask_id": MASK_ID}, "seed": seed,
-            "splits": {split or "train": {"shards": listed, "instances": sum(rows)}},
+            "splits": {**splits, split: {"shards": listed, "instances": sum(rows)}},
             "sources": {"synthetic": "tests/shard_factory.py"}, "inputs": []}, indent=2))
     return paths

@@ -27,6 +27,8 @@ def run_check(capsys, *args):
 
 
 def model_for(path: Path) -> str:
+    if "postln" in path.name:
+        return "bert-base-postln"
     for name in ("bert_base", "bert_large"):
         if path.name.startswith(name):
             return name.replace("_", "-")
@@ -97,6 +99,10 @@ def test_cpu_target_builds_lamb_and_adam_as_client_optimizers(capsys):
     code, out, _ = run_check(capsys, "--deepspeed_config", LEGACY, "--model_config", "bert-base",
                              "--world_size", 256, "--target", "cpu")
     assert code == 0
+    assert "adamw (client, {'lr': 0.001, 'weight_decay': 0.01, 'bias_correction': False})" in out
+    code, out, _ = run_check(capsys, "--deepspeed_config", DS_CONFIGS / "cpu_tiny_pld.json",
+                             "--model_config", "bert-tiny", "--world_size", 2, "--target", "cpu")
+    assert code == 0
     assert "lamb (client" in out
 
 
@@ -121,6 +127,22 @@ def test_variants_differ_only_in_their_block(a, b, differing):
     assert small[0] == small[1]
 
 
+def test_paper_recipe_pair_differs_in_model_lr_and_pld_only():
+    """The paper's comparison: Post-LN BERT at its stable lr 1e-4 vs Pre-LN + PLD at 1e-3."""
+    for precision in ("fp16", "bf16"):
+        post_ln = json.loads((DS_CONFIGS / f"bert_base_seq128_postln_baseline_{precision}.json").read_text())
+        pld = json.loads((DS_CONFIGS / f"bert_base_seq128_pld_{precision}.json").read_text())
+        assert (post_ln["optimizer"]["params"]["lr"], pld["optimizer"]["params"]["lr"]) == (1e-4, 1e-3)
+        assert "progressive_layer_drop" not in post_ln
+        pld.pop("progressive_layer_drop")
+        pld["optimizer"]["params"]["lr"] = 1e-4
+        assert post_ln == pld
+    base = json.loads((REPO / "bing_bert_pld/configs/bert-base.json").read_text())
+    post = json.loads((REPO / "bing_bert_pld/configs/bert-base-postln.json").read_text())
+    assert (base.pop("pre_layer_norm"), post.pop("pre_layer_norm")) == (True, False)
+    assert base == post
+
+
 def test_legacy_config_works_unchanged_and_current_deepspeed_rejects_it_raw(capsys):
     raw = json.loads(LEGACY.read_text())
     assert raw["train_batch_size"] == 4096 and raw["train_micro_batch_size_per_gpu"] == 16
@@ -140,7 +162,8 @@ BASE = json.loads((DS_CONFIGS / "bert_base_seq128_pld_fp16.json").read_text())
     ({}, 3, "not divisible by micro batch 64 x world size 3"),
     ({"train_micro_batch_size_per_gpu": 0}, 8, "must be a positive integer"),
     ({"zero_optimization": {"stage": 0, "not_a_zero_key": 1}}, 8, "DeepSpeed rejects the config"),
-    ({"optimizer": {"type": "Lamb2", "params": {"lr": 1e-3}}}, 8, "does not know optimizer type 'Lamb2'"),
+    ({"optimizer": {"type": "Lamb2", "params": {"lr": 1e-3}}}, 8,
+     "optimizer.type 'Lamb2' is not an optimizer DeepSpeed or torch.optim knows (did you mean 'Lamb'?)"),
     ({"scheduler": {"type": "WarmupNothing", "params": {}}}, 8, "unknown scheduler type 'WarmupNothing'"),
     ({"scheduler": {"type": "WarmupExpDecay", "params": {"warmup_proportion": 0.1}}}, 8,
      "scheduler WarmupExpDecay: missing params"),
@@ -160,7 +183,7 @@ def test_broken_configs_are_rejected_with_the_reason(capsys, tmp_path, change, w
                                "--world_size", world_size, "--target", "cuda")
     assert code == 2
     assert out == ""
-    assert err.startswith("config check failed: ")
+    assert err.startswith("error: config check failed: ") and err.count("\n") == 1  # one line
     assert message in err, err
 
 
@@ -194,5 +217,5 @@ def test_command_line_exit_codes(tmp_path):
          "--model_config", "bert-base", "--world_size", "8", "--target", "cuda"],
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
-    assert "config check failed:" in result.stderr
+    assert "error: config check failed:" in result.stderr
     assert "train_batch_size 4096 is not divisible by micro batch 48 x world size 8" in result.stderr

@@ -137,10 +137,16 @@ def test_unreadable_file(tmp_path):
      ["next_sentence_labels has 5 rows", "input_ids has 6"]),
     (lambda a: a.update(segment_ids=a["segment_ids"][:, :8]), ["segment_ids", "(6, 8)", f"seq_len={SEQ}"]),
     (lambda a: a.update(masked_lm_ids=np.zeros((6, 5), np.int32)), ["masked_lm_ids", "(6, 5)", f"max_pred={PRED}"]),
-    (lambda a: a["input_ids"].__setitem__((4, 2), VOCAB), ["input_ids holds 100 at row 4", "vocab_size=100"]),
-    (lambda a: a["masked_lm_ids"].__setitem__((2, 0), -7), ["masked_lm_ids holds -7 at row 2"]),
-    (lambda a: a["masked_lm_positions"].__setitem__((1, 0), SEQ), ["masked_lm_positions holds 16", "seq_len=16"]),
-    (lambda a: a["next_sentence_labels"].__setitem__(3, 2), ["next_sentence_labels holds 2 at row 3"]),
+    (lambda a: a["input_ids"].__setitem__((4, 2), VOCAB),
+     ["row 4: input_ids range: input_ids holds 100 at column 2, outside [0, 100) (vocab_size=100)"]),
+    (lambda a: a["masked_lm_ids"].__setitem__((2, 0), -7), ["row 2: masked_lm_ids range: masked_lm_ids holds -7 at slot 0"]),
+    (lambda a: a["masked_lm_positions"].__setitem__((1, np.count_nonzero(a["masked_lm_positions"][1]) - 1), SEQ),
+     ["row 1: masked positions inside input_mask: masked_lm_positions holds 16 in slot", "tokens (input_mask)"]),
+    (lambda a: a["next_sentence_labels"].__setitem__(3, 2),
+     ["row 3: next_sentence_labels: next_sentence_labels holds 2, expected 0 or 1"]),
+    (lambda a: a["segment_ids"].__setitem__((5, 1), 2),
+     ["row 5: segment_ids: segment_ids holds 2 at column 1, expected 0 or 1"]),
+    (lambda a: a["input_mask"].__setitem__((0, 2), 7), ["row 0: input_mask: input_mask holds 7 at column 2, expected 0 or 1"]),
 ])
 def test_bad_shard_names_file_and_value(tmp_path, change, fragments):
     path = broken_shard(tmp_path, change)
@@ -154,11 +160,11 @@ def test_configuration_mismatch_names_the_setting(tmp_path):
 
 
 def test_value_scan_reads_in_blocks_and_reports_the_global_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(shard_validation, "_SCAN_BYTES", 64)  # one 16-token int32 row per uncompressed read
+    monkeypatch.setattr(shard_validation, "_BLOCK_BYTES", 64)  # one row of 16 int32 ids per block
     path = broken_shard(tmp_path, lambda a: a["input_ids"].__setitem__((5, 0), VOCAB + 3))
-    expect_error(tmp_path, path.name, "input_ids holds 103 at row 5")
+    expect_error(tmp_path, path.name, "row 5: input_ids range: input_ids holds 103 at column 0")
     path = broken_shard(tmp_path, lambda a: a["input_ids"].__setitem__((5, 0), VOCAB + 3), "gzip")
-    expect_error(tmp_path, path.name, "input_ids holds 103 at row 5")
+    expect_error(tmp_path, path.name, "row 5: input_ids range: input_ids holds 103 at column 0")
 
 
 @pytest.mark.parametrize("key, value", [("seq_len", 64), ("max_pred", 9), ("vocab_size", 30522)])

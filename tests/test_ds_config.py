@@ -11,7 +11,7 @@ from bing_bert_pld.config import ConfigError
 from bing_bert_pld.ds_config import (build_training_setup, describe, load_training_setup,
                                      resolve_batch_sizes)
 
-LEGACY = {  # laid out like DeepSpeedExamples' bing_bert PLD config
+LEGACY = {  # DeepSpeedExamples' PLD config layout with LAMB (the verbatim file: ds_configs/legacy/)
     "train_batch_size": 4096,
     "train_micro_batch_size_per_gpu": 16,
     "steps_per_print": 1000,

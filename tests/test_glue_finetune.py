@@ -19,7 +19,6 @@ import torch
 
 from bing_bert_pld.config import ConfigError
 from bing_bert_pld.glue import finetune
-from bing_bert_pld.pretrained import CheckpointMismatchError
 from launch_helpers import assert_completed, clean_env, free_port
 from tests.test_glue_pretrained import (FILLER, NEGATIVE, POSITIVE, distributed,  # noqa: F401
                                         make_checkpoint, perturbed_model, tiny_config, write_vocab)
@@ -151,14 +150,18 @@ def test_stsb_regression_correlates(workspace):
     assert dev["pearson"] >= 0.9 and dev["spearman"] >= 0.85
 
 
-def test_mismatched_model_config_stops_with_the_names(workspace):
+def test_mismatched_model_config_stops_with_the_names(workspace, capsys):
     config = tiny_config(num_hidden_layers=3, intermediate_size=96)
     path = workspace / "mismatch_model.json"
     path.write_text(json.dumps(config.to_dict()))
-    with pytest.raises(CheckpointMismatchError) as caught:
-        _finetune(workspace, "SST-2", workspace / "pretrain", "mismatch", epochs=1,
-                  extra=("--model_config", str(path)))
-    message = str(caught.value)
+    ds_config = write_config(workspace / "mismatch.json", epochs=1)
+    code = finetune.main(["--task", "SST-2", "--data_dir", str(workspace / "GLUE"),
+                          "--init", str(workspace / "pretrain"), "--output_dir",
+                          str(workspace / "mismatch"), "--deepspeed_config", str(ds_config),
+                          "--model_config", str(path)])
+    message = capsys.readouterr().err
+    assert code == 2 and message.startswith("error: ") and "does not match" in message
+    assert not (workspace / "mismatch").exists()
     assert "bert.encoder.layer.3.attention.self.query.weight" in message  # unexpected
     assert "bert.encoder.layer.0.intermediate.dense.weight: [128, 64] vs [96, 64]" in message
 

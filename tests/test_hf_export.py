@@ -184,3 +184,16 @@ def _check_same_ids(tmp_path: Path, vocab: Path, lowercase: bool) -> None:
         assert got.token_type_ids == [0] * (len(a) + 2) + [1] * (len(b) + 1)
         expected = glue.encode(first, second)
         assert (got.input_ids, got.token_type_ids) == (expected.ids, expected.type_ids)
+
+
+def test_a_damaged_checkpoint_is_one_error_line(tmp_path, capsys, distributed):  # noqa: F811
+    """A truncated model-states file: exit 2 and one `error:` line naming it, no traceback."""
+    vocab = write_vocab(tmp_path / "vocab.txt")
+    run = make_checkpoint(tmp_path / "run", perturbed_model(tiny_config(), seed=5), vocab,
+                          lowercase=True)
+    states = next(Path(run).rglob("*model_states.pt"))
+    states.write_bytes(states.read_bytes()[:100])
+    assert hf_export.main([str(run), str(tmp_path / "hf")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "model_states.pt" in lines[0]
+    assert not (tmp_path / "hf").exists()

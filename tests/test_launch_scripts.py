@@ -121,7 +121,7 @@ def test_multi_node_derives_master_from_hostfile(shards, tmp_path):
     assert option(command, "--module") == "bing_bert_pld.train"
     assert option(command, "--train_dir") == f"{shards}/train"
     assert option(command, "--val_dir") == f"{shards}/validation"
-    assert option(command, "--deepspeed_config").endswith("ds_configs/bert_base_seq128_pld_fp16.json")
+    assert option(command, "--deepspeed_config").endswith("ds_configs/bert_base_seq128_pld_bf16.json")
     assert command[-4:] == ["--max_steps", "100", "--log_interval", "50"]  # passed through
 
 
@@ -188,7 +188,7 @@ def test_slurm_submit_dry_run(shards, tmp_path):
     result = run_script("slurm_submit.sh", {
         "DATA_DIR": str(shards), "OUTPUT_DIR": str(tmp_path / "runs/x"), "NODES": "4",
         "GPUS_PER_NODE": "8", "TIME_LIMIT": "2:00:00", "LOG_ROOT": str(tmp_path / "logs"),
-        "PARTITION": "gpu", "DRY_RUN": "1"}, "--max_steps", "1000")
+        "PARTITION": "gpu", "DRY_RUN": "1"}, "--", "--max_steps", "1000")
     assert result.returncode == 0, result.stderr
     command = printed_command(result.stdout, "sbatch")
     assert option(command, "--nodes") == "4"
@@ -197,7 +197,45 @@ def test_slurm_submit_dry_run(shards, tmp_path):
     assert option(command, "--time") == "2:00:00"
     assert option(command, "--partition") == "gpu"
     assert option(command, "--output") == f"{tmp_path}/logs/%x-%j.out"
-    assert command[-3:] == ["launch/slurm_train.sbatch", "--max_steps", "1000"]
+    assert "--cpus-per-task" not in command and "--mem-per-cpu" not in command  # the script's #SBATCH lines
+    script = command.index("launch/slurm_train.sbatch")
+    assert command[script + 1:] == [
+        "--data-dir", str(shards), "--output-dir", f"{tmp_path}/runs/x",
+        "--ds-config", str(REPO / "ds_configs/bert_base_seq128_pld_bf16.json"), "--model-config", "bert-base",
+        "--python", option(command, "--python"), "--log-root", f"{tmp_path}/logs", "--", "--max_steps", "1000"]
+    assert Path(option(command, "--python")).is_absolute()
+
+
+def test_slurm_submit_options_win_over_the_environment(shards, tmp_path):
+    result = run_script("slurm_submit.sh", {
+        "DATA_DIR": "/elsewhere", "OUTPUT_DIR": str(tmp_path / "env"), "NODES": "4", "DRY_RUN": "1"},
+        "--nodes=2", "--gpus-per-node", "4", "--cpus-per-task", "12", "--mem-per-cpu", "6G",
+        "--signal-lead", "900", "--data-dir", shards, "--output-dir", tmp_path / "opt",
+        "--model-config", "bert-large", "--master-port", "23456", "--", "--max_steps", "5", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    command = printed_command(result.stdout, "sbatch")
+    assert [option(command, o) for o in ("--nodes", "--ntasks-per-node", "--gpus-per-node",
+                                         "--cpus-per-task", "--mem-per-cpu")] == ["2", "4", "4", "12", "6G"]
+    assert "--signal=B:USR1@900" in command
+    assert [option(command, o) for o in ("--data-dir", "--output-dir", "--model-config", "--master-port")] == [
+        str(shards), f"{tmp_path}/opt", "bert-large", "23456"]
+    assert command[-5:] == ["--", "--max_steps", "5", "--seed", "2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--node", "4"], "error: unknown option '--node' (bash launch/slurm_submit.sh --help lists them; "
+                      "the trainer's arguments go after --, e.g. -- --max_steps 200000)"),
+    (["--max_steps", "10"], "error: unknown option '--max_steps'"),
+    (["--cpus-per-task", "0"], "error: --cpus-per-task (CPUS_PER_TASK) must be a positive integer, got '0'"),
+    (["--mem-per-cpu", "lots"], "error: --mem-per-cpu (MEM_PER_CPU) must be a size such as 4G or 4000M, got 'lots'"),
+    (["--python", "/nonexistent/python"], "error: --python (PYTHON) '/nonexistent/python' is not a program on this PATH"),
+    (["--time"], "error: --time needs a value"),
+])
+def test_slurm_submit_rejects_bad_options_before_submitting(shards, tmp_path, args, message):
+    result = run_script("slurm_submit.sh", {"DATA_DIR": str(shards), "OUTPUT_DIR": str(tmp_path / "o")}, *args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith(message), result.stderr
+    assert "+ sbatch" not in result.stdout
 
 
 def test_sbatch_header_asks_for_a_warning_signal_and_requeue():

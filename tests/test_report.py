@@ -182,3 +182,116 @@ def test_runs_fall_back_to_the_wall_clock_together(tmp_path):
     assert base.time_per_sample_s == 10.0 / 320 and pld.time_per_sample_s == 9.0 / 384
     assert base.time_to_target_s == 10.0 and pld.time_to_target_s == 6.0
     assert any("all are timed by perf/elapsed_s" in m for m in summary.messages)
+
+
+# ----------------------------------------------------------------------------- honesty
+
+def test_ema_is_tensorboards_debiased_smoothing():
+    assert report.ema([1.0, 2.0, 3.0], 0.5).tolist() == [1.0, 5 / 3, 17 / 7]
+    smoothed = report.ema([2.0, float("nan"), 4.0], 0.5)
+    assert smoothed[0] == 2.0 and np.isnan(smoothed[1]) and smoothed[2] == 10 / 3
+
+
+def test_a_saving_beyond_the_skipped_flops_is_a_warning(tmp_path):
+    """The fixture's PLD run is 25% faster per sample but skipped 18.75% of the encoder
+    FLOPs: impossible from the layers alone, so the report says the load changed."""
+    scalars = {**pld_scalars(), "pld/time_saved_frac": [(12, 0.125)]}
+    runs = [report.load_run(write_run(tmp_path / "baseline", baseline_scalars())),
+            report.load_run(write_run(tmp_path / "pld", scalars))]
+    summary = report.summarize(runs)
+    assert summary.runs[1].live_time_saved_pct == 12.5
+    warnings = [m for m in summary.messages if m.startswith("warning:")]
+    assert warnings == [
+        "warning: pld: the measured saving, 25.0% of the baseline's time per sample, exceeds "
+        "the 18.8% of encoder FLOPs PLD skipped, the most that skipping layers can save: the "
+        "machine's load differed between the runs, so this saving is mostly noise; compare "
+        "runs made under the same load; measured within the run, against its own full-depth "
+        "step time, PLD saved 12.5% (pld/time_saved_frac)"]
+    # 30% skipped at the end: a 25% saving is possible, no warning.
+    scalars["pld/encoder_flops_skipped_frac"] = [(12, 0.3)]
+    runs[1] = report.load_run(write_run(tmp_path / "pld2", scalars))
+    assert not any(m.startswith("warning:") for m in report.summarize(runs).messages)
+
+
+def with_mlm(scalars, mlm):
+    return {**scalars, "val/mlm_loss": [(step, value) for (step, _), value
+                                        in zip(scalars["val/loss"], mlm)]}
+
+
+def test_no_speedup_to_a_target_at_the_plateau(tmp_path, capsys):
+    # The baseline's final val/mlm_loss (4.5) is above the plateau 4.25: its val/loss 5.0
+    # marks frequencies learned, so no ratio is printed; PLD's best MLM loss 4.0 is below.
+    base = write_run(tmp_path / "baseline", with_mlm(baseline_scalars(), [5.5, 4.5]))
+    pld = write_run(tmp_path / "pld", with_mlm(pld_scalars(), [6.0, 4.5, 4.0]))
+    summary = report.summarize([report.load_run(base), report.load_run(pld)],
+                               plateau=4.25, plateau_source="given with --plateau")
+    assert summary.target_below_plateau is False
+    base_row, pld_row = summary.runs
+    assert (base_row.time_to_target_s, pld_row.time_to_target_s) == (10.0, 6.0)  # still facts
+    assert base_row.time_to_target_speedup is None and pld_row.time_to_target_speedup is None
+    assert (base_row.best_val_mlm_loss, base_row.below_plateau) == (4.5, False)
+    assert (pld_row.best_val_mlm_loss, pld_row.below_plateau) == (4.0, True)
+    assert ("warning: baseline: the validation MLM loss never fell below the unigram plateau "
+            "4.2500 (best 4.5000): the run learned token frequencies, not language; train "
+            "longer") in summary.messages
+    assert any(m.startswith("no speedup to target: the target, the baseline's final val/loss "
+                            "5.0000, has a validation MLM loss of 4.5000, not below the unigram "
+                            "plateau 4.2500") for m in summary.messages)
+    md = report.format_markdown(summary)
+    assert "1.67x" not in md and md.count("n/a (target at plateau)") == 2
+    assert "Unigram plateau: 4.2500 nats of validation MLM loss, given with --plateau." in md
+    assert "4.5000 (not below plateau)" in md
+
+    # Through the CLI: the same with --plateau, and the ratio back with a lower plateau.
+    assert report.main([str(base), str(pld), "--out", str(tmp_path / "o"),
+                        "--plateau", "4.25"]) == 0
+    assert "n/a (target at plateau)" in capsys.readouterr().out
+    below = report.summarize([report.load_run(base), report.load_run(pld)], plateau=4.75)
+    assert below.target_below_plateau is True
+    assert below.runs[1].time_to_target_speedup == 10.0 / 6.0
+    assert not any(m.startswith("no speedup") or "plateau" in m for m in below.messages)
+
+
+def write_masked_shard(path, ids):
+    """A shard in the pretraining schema whose scored masked tokens are `ids`, one per row."""
+    from shard_factory import make_arrays, write_shard
+
+    arrays = make_arrays(len(ids), 16, 2, 64, np.random.default_rng(0))
+    arrays["masked_lm_positions"][:] = 0
+    arrays["masked_lm_positions"][:, 0] = 3
+    arrays["masked_lm_ids"][:] = 0
+    arrays["masked_lm_ids"][:, 0] = ids
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_shard(path, arrays)
+
+
+def test_plateau_from_the_shards_in_run_config(tmp_path):
+    """Training tokens 5, 5, 5, 6, 6, 6 over a vocabulary of 8: add-one smoothed q = 4/14
+    for both, so validation tokens 5 and 6 cost ln 3.5 each."""
+    write_masked_shard(tmp_path / "data" / "train" / "a.hdf5", [5, 5, 6])
+    write_masked_shard(tmp_path / "data" / "train" / "b.hdf5", [6, 5, 6])
+    write_masked_shard(tmp_path / "data" / "validation" / "a.hdf5", [5, 6])
+    run_dir = write_run(tmp_path / "pld", with_mlm(pld_scalars(), [1.5, 1.25, 1.0]))
+    for tag, vocab in (("global_step5", 999), ("global_step10", 8)):  # the newest counts
+        (run_dir / "checkpoints" / tag).mkdir(parents=True)
+        (run_dir / "checkpoints" / tag / "run_config.json").write_text(json.dumps({
+            "model_config": {"vocab_size": vocab},
+            "run": {"train_dir": str(tmp_path / "data" / "train"),
+                    "val_dir": str(tmp_path / "data" / "validation")},
+            "deepspeed_setup": {"pld": {"theta": 0.5, "gamma": 0.001}}}))
+    run = report.load_run(run_dir)
+    assert run.theta_bar == 0.5
+    plateau, source = report.find_plateau([run], run)
+    assert plateau == pytest.approx(np.log(3.5), abs=1e-12)
+    assert source == (f"computed from pld's data: 2 of 2 training shards in "
+                      f"{tmp_path / 'data' / 'train'}, against 1 validation shards in "
+                      f"{tmp_path / 'data' / 'validation'}")
+    summary, written = report.write_report([run], tmp_path / "out")
+    assert summary.unigram_plateau == plateau and summary.runs[0].below_plateau is True
+    assert {p.name for p in written} >= set(PLOTS)  # pld.png with the theta_bar line
+    assert report.find_plateau([run], run, 3.0) == (3.0, "given with --plateau")
+    bare = report.load_run(write_run(tmp_path / "bare", baseline_scalars()))
+    assert report.find_plateau([bare], bare)[0] is None
+    bare_summary, _ = report.write_report([bare], tmp_path / "bare_out")
+    assert any(m.startswith("unigram plateau unknown: no run has a run_config.json")
+               for m in bare_summary.messages)

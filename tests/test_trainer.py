@@ -115,13 +115,16 @@ def test_crash_during_save_leaves_the_previous_checkpoint_as_latest(tmp_path, da
         trainer.save()
     monkeypatch.undo()
     trainer.loader.close()
-    assert (root / "global_step4").is_dir()  # the broken one exists...
-    assert checkpoint.latest_tag(root) == "global_step2"  # ...but resume never picks it
+    hidden = [p.name for p in root.iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 1 and hidden[0].startswith(".saving-global_step4-")  # the broken one...
+    assert not (root / "global_step4").exists()
+    assert checkpoint.latest_tag(root) == "global_step2"  # ...and resume never picks it
 
     resumed = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=4)))
     assert resumed.step == 2 and resumed.samples == 16
     assert resumed.train() == "max_steps"
     assert checkpoint.latest_tag(root) == "global_step4"
+    assert sorted(p.name for p in root.iterdir()) == ["global_step2", "global_step4", "latest"]
     state = json.loads((root / "global_step4" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["samples"] == 32
     run_config = json.loads((root / "global_step4" / "run_config.json").read_text())

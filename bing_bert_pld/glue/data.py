@@ -15,6 +15,7 @@ truncated longest-first to max_seq_length.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -79,12 +80,17 @@ def get_task(name: str) -> TaskSpec:
     for spec in TASKS.values():
         if _key(spec.name) == _key(name):
             return spec
-    raise GlueDataError(f"unknown GLUE task {name!r}; the tasks are {list(TASKS)}")
+    close = difflib.get_close_matches(_key(name), [_key(t) for t in TASKS], n=1, cutoff=0.5)
+    hint = f"did you mean {next(t for t in TASKS if _key(t) == close[0])!r}? " if close else ""
+    raise GlueDataError(f"unknown GLUE task {name!r}; {hint}the tasks are {list(TASKS)}")
 
 
 def task_dir(data_dir: str | Path, spec: TaskSpec) -> Path:
     """<data_dir>/<TASK>, also accepting <data_dir> itself or another spelling of TASK."""
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise GlueDataError(f"data directory {data_dir} does not exist (expected the GLUE "
+                            f"root holding {spec.name}/train.tsv)")
     if (data_dir / spec.name).is_dir():
         return data_dir / spec.name
     if data_dir.is_dir():
@@ -95,6 +101,18 @@ def task_dir(data_dir: str | Path, spec: TaskSpec) -> Path:
             return data_dir
     raise GlueDataError(f"no {spec.name} directory under {data_dir} (expected "
                         f"{data_dir / spec.name}/train.tsv and dev.tsv, as the GLUE download writes)")
+
+
+def check_task_files(data_dir: str | Path, spec: TaskSpec) -> list[Path]:
+    """The train and dev files of the task, every one checked to exist (cheap, before a
+    model is loaded); the error names each missing file."""
+    directory = task_dir(data_dir, spec)
+    paths = [directory / f"{split}.tsv" for split in ("train",) + spec.dev_splits]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise GlueDataError(f"{spec.name}: {', '.join(missing)} not found (a task directory "
+                            f"holds {', '.join(p.name for p in paths)})")
+    return paths
 
 
 @dataclass(frozen=True)

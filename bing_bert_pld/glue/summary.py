@@ -13,7 +13,6 @@ summary.json beside the runs unless --out says otherwise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections import defaultdict
@@ -22,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import cli
 from .data import TASKS, get_task
 from .finetune import RESULTS
 
@@ -88,9 +88,10 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Summarize GLUE fine-tuning runs")
-    parser.add_argument("runs_dir")
-    parser.add_argument("--out", help="markdown file (default RUNS_DIR/summary.md; "
+    parser = cli.ArgumentParser("bing_bert_pld.glue.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", metavar="RUNS_DIR",
+                        help="searched for results.json files (RUNS_DIR/<TASK>/seed<S>/results.json)")
+    parser.add_argument("--out", metavar="PATH", help="markdown file (default: RUNS_DIR/summary.md; "
                         "summary.json is written beside it)")
     args = parser.parse_args(argv)
     summary = summarize(collect(args.runs_dir))

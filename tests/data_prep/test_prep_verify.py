@@ -1,8 +1,11 @@
-"""`verify` catches planted defects of each kind, naming shard, check and row."""
+"""`verify` and the trainer's check (one checker, bing_bert_pld.shard_validation) catch
+planted defects of each kind: verify reports every one, naming shard, check, row and
+value; validate_shard_set stops at the first with the same names."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
+from bing_bert_pld.shard_validation import DataError, validate_shard_set
+from data_prep.fsutil import write_json
+from data_prep.manifest import REQUEST_KEYS
 from data_prep.verify import verify
 from data_prep.vocab import load_vocab
 from prep_helpers import run_cli
@@ -40,23 +46,27 @@ def _replace(f, name: str, data) -> None:
     f.create_dataset(name, data=data)
 
 
+# Each plant returns the value the check reports.
 def _swap_first_positions(f, row):
     for name in ("masked_lm_positions", "masked_lm_ids"):
         values = f[name][row]
         values[[0, 1]] = values[[1, 0]]
         f[name][row] = values
+    return int(f["masked_lm_positions"][row, 1])
 
 
 def _duplicate_position(f, row):
     values = f["masked_lm_positions"][row]
     values[1] = values[0]
     f["masked_lm_positions"][row] = values
+    return int(values[1])
 
 
 def _position_outside_mask(f, row):
     positions = f["masked_lm_positions"][row]
     positions[np.count_nonzero(positions) - 1] = _length(f, row)
     f["masked_lm_positions"][row] = positions
+    return _length(f, row)
 
 
 def _padding_before_positions(f, row):
@@ -64,15 +74,18 @@ def _padding_before_positions(f, row):
         values = f[name][row]
         values[0] = 0
         f[name][row] = values
+    return int(f["masked_lm_positions"][row, 1])
 
 
 def _set(name, row, column, value):
     def plant(f, vocab):
-        f[name][row, column] = value(f, vocab) if callable(value) else value
+        f[name][row, column] = planted = value(f, vocab) if callable(value) else value
+        return planted
     return plant
 
 
-# check reported -> (row planted, how). Rows differ so that each plant is independent.
+# check reported -> (row planted, how; each plant returns the value the check reports).
+# Rows differ so that each plant is independent.
 PLANTS = {
     "input_ids range": (7, _set("input_ids", 7, 5, lambda f, v: v.size)),
     "masked_lm_ids range": (8, _set("masked_lm_ids", 8, 0, -1)),
@@ -82,19 +95,57 @@ PLANTS = {
     "masked positions padding": (12, lambda f, v: _padding_before_positions(f, 12)),
     "masked labels": (13, _set("masked_lm_ids", 13, 0, 0)),
     "masked labels ": (14, _set("masked_lm_ids", 14, 1, lambda f, v: v.id_of("[SEP]"))),
-    "next_sentence_labels": (15, lambda f, v: f["next_sentence_labels"].__setitem__(15, 2)),
-    "segment_ids": (16, _set("segment_ids", 16, 1, 2)),
-    "special tokens": (17, _set("input_ids", 17, 0, 5)),
+    "next_sentence_labels": (15, lambda f, v: f["next_sentence_labels"].__setitem__(15, 2) or 2),
+    "segment_ids": (16, _set("segment_ids", 16, 1, 2)),  # was an IndexError at the first batch
+    "segment_ids ": (17, _set("segment_ids", 17, 2, -1)),
+    "segment_ids  ": (18, lambda f, v: _segment_falls(f, 18)),
+    "input_mask": (19, _set("input_mask", 19, 3, 7)),
+    "input_mask ": (_first_padded_row, lambda f, v: _negative_mask_in_padding(f)),
+    "special tokens": (21, _set("input_ids", 21, 0, 5)),
 }
+# Checks that need the vocabulary's special ids: only verify is given them (--vocab).
+VERIFY_ONLY = {"special tokens", "masked labels "}
+
+
+def _segment_falls(f, row):
+    """Segment B's last token ([SEP]) back in segment A: 0s, 1s, then a 0 inside the mask."""
+    f["segment_ids"][row, _length(f, row) - 1] = 0
+    return 0
+
+
+def _negative_mask_in_padding(f):
+    row = _first_padded_row(f, 0)
+    f["input_mask"][row, _length(f, row)] = -1  # the row's length by count drops by one: still past its last mask
+    return -1
 
 
 @pytest.mark.parametrize("check", sorted(PLANTS))
-def test_each_planted_row_defect_is_named_with_shard_and_row(nvidia_style, vocab_path, check):
+def test_each_planted_row_defect_is_named_with_shard_row_and_value(nvidia_style, vocab_path, check):
     row, plant = PLANTS[check]
+    vocab = load_vocab(vocab_path)
     with h5py.File(nvidia_style / SHARD, "r+") as f:
-        plant(f, load_vocab(vocab_path))
-    report = verify(nvidia_style, vocab=vocab_path)
-    assert [(d.shard, d.row, d.check) for d in report.defects] == [(SHARD, row, check.strip())]
+        row = row if isinstance(row, int) else row(f, 0)
+        value = plant(f, vocab)
+    # The rules the trainer has (a vocabulary size, no special ids) unless the check needs more.
+    report = verify(nvidia_style, **({"vocab": vocab_path} if check in VERIFY_ONLY else {"vocab_size": vocab.size}))
+    assert [(d.shard, d.row, d.check, d.value) for d in report.defects] == [(SHARD, row, check.strip(), value)]
+    if check in VERIFY_ONLY:
+        validate_shard_set(nvidia_style, None, None, vocab.size)
+        return
+    # The trainer's path: the same file, row, check and value, as its one error line.
+    with pytest.raises(DataError) as err:
+        validate_shard_set(nvidia_style, None, None, vocab.size)
+    assert str(err.value) == f"{nvidia_style / SHARD} row {row}: {check.strip()}: " \
+                             f"{report.defects[0].message.split('; ')[0]}"
+    assert re.search(rf"(holds|to) {value}\b", str(err.value)), str(err.value)  # the value itself
+
+
+def test_shards_without_a_manifest_take_their_settings_from_the_shapes(nvidia_style):
+    info = validate_shard_set(nvidia_style, None, None, 30522)
+    assert (info.seq_len, info.max_pred, info.files, info.manifest_sha256) == (128, 20, (nvidia_style / SHARD,), None)
+    assert verify(nvidia_style, vocab_size=30522).ok
+    with pytest.raises(DataError, match=r"input_ids has shape \(\d+, 128\), expected \(\d+, 64\) \(seq_len=64\)"):
+        validate_shard_set(nvidia_style, 64, None, 30522)
 
 
 def test_padding_and_input_mask_defects(nvidia_style, vocab_path):
@@ -106,9 +157,20 @@ def test_padding_and_input_mask_defects(nvidia_style, vocab_path):
         f["input_ids"][padded, _length(f, padded)] = 1000
     report = verify(nvidia_style, vocab=vocab_path)
     assert hole < padded
-    # One defect per check and block of rows, naming the first bad row and the count.
-    assert sorted((d.row, d.check, d.message.split(" among")[0]) for d in report.defects) == [
-        (hole, "input_mask", "1 bad rows"), (hole, "padding", "2 bad rows"), (hole, "special tokens", "1 bad rows")]
+    with h5py.File(nvidia_style / SHARD) as f:
+        rows, token, length = len(f["input_mask"]), f["input_ids"][hole, 3], _length(f, hole)
+        last = f["input_ids"][hole, length - 1]
+    # One defect per check and block of rows (all rows here), naming the first bad row,
+    # the value and the count.
+    assert sorted((d.row, d.check, d.value, d.message) for d in report.defects) == [
+        (hole, "input_mask", 1, f"input_mask is 0 at column 3 but 1 at column 4, expected ones then zeros; "
+                                f"1 bad row among rows 0-{rows - 1}"),
+        (hole, "padding", token, f"input_ids holds {token} at column 3, a padding position (input_mask 0), "
+                                 f"expected 0; 2 bad rows among rows 0-{rows - 1}"),
+        (hole, "special tokens", last, f"input_ids ends with {last} at column {length - 1}, "
+                                       f"expected [SEP] (102); 1 bad row among rows 0-{rows - 1}")]
+    with pytest.raises(DataError, match=rf"{SHARD} row {hole}: input_mask: input_mask is 0 at column 3 but 1"):
+        validate_shard_set(nvidia_style, None, None, 30522)
 
 
 @pytest.mark.parametrize("plant, check", [
@@ -129,25 +191,77 @@ def test_a_file_that_is_not_hdf5(nvidia_style, vocab_path):
         ("shard_00001.hdf5", "open")]
 
 
-def test_manifest_disagreements(tmp_path, wiki_run):
+def _copy_of(wiki_run: Path, tmp_path: Path) -> Path:
     out = tmp_path / "out"
     shutil.copytree(wiki_run, out, ignore=shutil.ignore_patterns("work"))
+    return out
+
+
+def test_manifest_disagreements(tmp_path, wiki_run):
+    out = _copy_of(wiki_run, tmp_path)
     assert verify(out).ok
     manifest = json.loads((out / "manifest.json").read_text())
+    rows = manifest["splits"]["train"]["shards"][0]["rows"]
     manifest["splits"]["train"]["shards"][0]["rows"] += 1
     (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "train" / "shard_00001.hdf5").unlink()
     shutil.copy(out / "train" / SHARD, out / "train" / "shard_09999.hdf5")
     with open(out / "vocab.txt", "a") as f:
         f.write("extra\n")
-    found = sorted((d.shard, d.check, d.message) for d in verify(out).defects)
-    assert [(s, m) for s, _, m in found] == sorted([
-        ("train/shard_00000.hdf5", f"{manifest['splits']['train']['shards'][0]['rows'] - 1} rows, "
-                                   f"the manifest says {manifest['splits']['train']['shards'][0]['rows']}"),
-        ("train/shard_00001.hdf5", "listed shard is missing"),
-        ("train/shard_09999.hdf5", "shard not in the manifest"),
-        ("vocab.txt", "vocab.txt does not match vocab_sha256"),
+    assert sorted((d.shard, d.check, d.message) for d in verify(out).defects) == sorted([
+        ("manifest.json", "manifest", "'vocab_size' is 30522, but vocab.txt has vocab_size=30523"),
+        ("train/shard_00000.hdf5", "manifest", f"has {rows} rows but the manifest lists {rows + 1}"),
+        ("train/shard_00001.hdf5", "manifest", "listed in manifest.json but missing"),
+        ("train/shard_09999.hdf5", "manifest", "shard not listed in manifest.json"),
+        ("vocab.txt", "manifest", "vocab.txt does not match vocab_sha256"),
     ])
+
+
+def _missing(out):
+    (out / "train" / "shard_00001.hdf5").unlink()
+
+
+def _extra(out):
+    shutil.copy(out / "train" / SHARD, out / "train" / "shard_09999.hdf5")
+
+
+def _rows_disagree(out):
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][1]["rows"] -= 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _killed_in_the_shards_stage(out):
+    """What data_prep leaves when killed while writing shards: the request in
+    .in_progress.json, no manifest.json, some shards not yet written."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    write_json(out / ".in_progress.json", {k: manifest[k] for k in REQUEST_KEYS})
+    (out / "manifest.json").unlink()
+    (out / "train" / "shard_00001.hdf5").unlink()
+
+
+@pytest.mark.parametrize("damage, file, check, message", [
+    (_missing, "train/shard_00001.hdf5", "manifest", "listed in {manifest} but missing"),
+    (_extra, "train/shard_09999.hdf5", "manifest", "shard not listed in {manifest}"),
+    (_rows_disagree, "train/shard_00001.hdf5", "manifest", "has {rows} rows but the manifest lists {listed}"),
+    (_killed_in_the_shards_stage, ".in_progress.json", "unfinished",
+     "the data_prep run that writes this shard set did not finish (.in_progress.json is there, manifest.json "
+     "is not): run the same `python -m data_prep shards` (or `all`) command again with --output {out}; "
+     "it keeps the shards already written"),
+])
+def test_shard_set_defects_on_both_paths(tmp_path, wiki_run, damage, file, check, message):
+    out = _copy_of(wiki_run, tmp_path)
+    rows = json.loads((out / "manifest.json").read_text())["splits"]["train"]["shards"][1]["rows"]
+    damage(out)
+    report = verify(out)
+    assert [(d.shard, d.row, d.check, d.message) for d in report.defects] == [
+        (file, None, check, message.format(rows=rows, listed=rows - 1, out=out, manifest="manifest.json"))]
+    assert report.shards  # the rest is still checked, row by row
+    # The trainer, pointed at the split, stops with the same finding, naming files in full.
+    with pytest.raises(DataError) as err:
+        validate_shard_set(out / "train", None, None, 30522)
+    assert str(err.value) == f"{out / file}: {check}: " + message.format(
+        rows=rows, listed=rows - 1, out=out, manifest=out / "manifest.json")
 
 
 def test_cli_prints_statistics_and_exits_1_on_a_defect(nvidia_style, vocab_path, capsys):
@@ -176,4 +290,4 @@ def test_one_split_is_verified_against_its_own_part_of_the_manifest(tmp_path, wi
     (out / "train" / "shard_00001.hdf5").unlink()
     assert verify(out / "validation").ok
     assert [(d.shard, d.message) for d in verify(out / "train").defects] == [
-        ("train/shard_00001.hdf5", "listed shard is missing")]
+        ("train/shard_00001.hdf5", "listed in manifest.json but missing")]
