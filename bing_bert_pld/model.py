@@ -9,7 +9,11 @@ Design choices:
 - Progressive Layer Dropping: `forward(..., layer_gates=LayerGates)` in training mode.
   A dropped block is never called (no compute), a kept block scales both branch
   outputs by 1/p_i. In eval mode gates are ignored: every block runs, unscaled.
-- Attention through scaled_dot_product_attention with a boolean padding mask.
+- Attention through scaled_dot_product_attention. A micro-batch with no padding (the
+  loader knows, `PretrainingBatch.has_padding`) attends with no mask at all: on CUDA,
+  FlashAttention takes no mask, so a mask would rule it out. A padded one gets a boolean
+  padding mask. Both are exact (an all-True mask changes no score); benchmarks/README.md
+  has the measurements behind the choice.
 - Sparse MLM head: only the masked positions go through the transform and the
   decoder (tied to the word embeddings).
 - Sparse last layer: the heads read [CLS] and the masked positions only, so the last
@@ -21,6 +25,7 @@ Design choices:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -79,9 +84,10 @@ class BertSelfAttention(nn.Module):
         batch, seq_len, _ = x.shape
         return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 queries: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, T, H) gives keys and values; queries (B, Q, H) default to x."""
+        """x (B, T, H) gives keys and values; queries (B, Q, H) default to x.
+        attention_mask (B, 1, 1, T), True = may attend; None = every key is a token."""
         queries = x if queries is None else queries
         q = self._heads(self.query(queries))
         k, v = self._heads(self.key(x)), self._heads(self.value(x))
@@ -121,6 +127,17 @@ class _Intermediate(nn.Module):
         return F.gelu(self.dense(x))  # (B, T, I)
 
 
+def add_scaled(residual: torch.Tensor, branch: torch.Tensor, scale: float) -> torch.Tensor:
+    """residual + scale * branch. Eager: torch.add's alpha scales inside the add, no extra
+    pass for 1/p_i. Compiled: the compiler would specialize alpha to each value it sees (a
+    recompile per 1/p_i, and theta changes every step, until the recompile limit sends the
+    layer back to eager); as a multiply the scale stays an input of one graph, and the
+    compiler fuses it into the add anyway."""
+    if torch.compiler.is_compiling():
+        return residual + branch * scale
+    return torch.add(residual, branch, alpha=scale)
+
+
 def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x (B, T, H), positions (B, Q) -> (B, Q, H): row b holds x[b, positions[b, q]]."""
     return torch.gather(x, 1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
@@ -136,7 +153,7 @@ class BertLayer(nn.Module):
         self.intermediate = _Intermediate(config)
         self.output = _Projection(config.intermediate_size, config.hidden_size, config)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 branch_scale: float = 1.0,
                 output_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, T, H) -> (B, T, H), or (B, Q, H) at `output_positions` (B, Q) only."""
@@ -148,17 +165,16 @@ class BertLayer(nn.Module):
         def rows(t: torch.Tensor) -> torch.Tensor:  # the rows this block outputs
             return gather_positions(t, output_positions) if sparse else t
 
-        # torch.add's alpha scales the branch inside the add: no extra pass for 1/p_i.
         if self.pre_layer_norm:
             # h = x + G attn(LN(x)) / p ;  y = h + G ffn(LN(h)) / p
             normed = attn_norm(x)  # keys and values need every token
             attended = attention(normed, attention_mask, rows(normed) if sparse else None)
-            h = torch.add(rows(x), self.attention.output(attended), alpha=branch_scale)
-            return torch.add(h, self.output(self.intermediate(ffn_norm(h))), alpha=branch_scale)
+            h = add_scaled(rows(x), self.attention.output(attended), branch_scale)
+            return add_scaled(h, self.output(self.intermediate(ffn_norm(h))), branch_scale)
         residual = rows(x)
         attended = attention(x, attention_mask, residual if sparse else None)
-        h = attn_norm(torch.add(residual, self.attention.output(attended), alpha=branch_scale))
-        return ffn_norm(torch.add(h, self.output(self.intermediate(h)), alpha=branch_scale))
+        h = attn_norm(add_scaled(residual, self.attention.output(attended), branch_scale))
+        return ffn_norm(add_scaled(h, self.output(self.intermediate(h)), branch_scale))
 
 
 class BertEncoder(nn.Module):
@@ -170,7 +186,7 @@ class BertEncoder(nn.Module):
         self.final_layer_norm = (make_layer_norm(config.hidden_size, config.layer_norm_eps)
                                  if config.pre_layer_norm else None)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 layer_gates: Optional[LayerGates] = None,
                 output_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, T, H) -> (B, T, H), or (B, Q, H) at `output_positions` (B, Q) only: then
@@ -211,14 +227,16 @@ class BertModel(nn.Module):
         self.pooler = BertPooler(config)
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor,
-                input_mask: torch.Tensor, layer_gates: Optional[LayerGates] = None,
+                input_mask: Optional[torch.Tensor], layer_gates: Optional[LayerGates] = None,
                 output_positions: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (sequence output, pooled [CLS] (B, H)). The sequence output is (B, T, H),
         or (B, Q, H) at `output_positions` (B, Q) when given: the last block then runs
-        for [CLS] and those positions only (Q may be 0 when only the pooled output is used)."""
+        for [CLS] and those positions only (Q may be 0 when only the pooled output is used).
+        input_mask (B, T), 1 = token; None when no position is padding (attention then
+        runs without a mask)."""
         # True = may attend; broadcast over heads and query positions: (B, 1, 1, T).
-        attention_mask = input_mask.bool()[:, None, None, :]
+        attention_mask = None if input_mask is None else input_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, segment_ids)
         if output_positions is None:
             sequence_output = self.encoder(x, attention_mask, layer_gates)  # (B, T, H)
@@ -267,7 +285,7 @@ class BertForPreTraining(nn.Module):
         self.config = config
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings)
-        self.apply(lambda module: init_weights(module, config.initializer_range))
+        init_weights(self, config)
         # Set by forward: the gates this call used. The PLD hook checks it, so a model
         # that drops the gates on the floor stops training instead of running full depth.
         self.consumed_layer_gates: Optional[LayerGates] = None
@@ -278,7 +296,10 @@ class BertForPreTraining(nn.Module):
         # Sparse prediction: the encoder's last block and the MLM head see the masked
         # positions only. Padding slots hold position 0 ([CLS]): computed, then dropped.
         positions = batch.masked_lm_positions  # (B, P)
-        at_positions, pooled = self.bert(batch.input_ids, batch.segment_ids, batch.input_mask,
+        # No padding in this micro-batch (read on the CPU when it was built): no mask, so
+        # SDPA may take FlashAttention. Unknown (None) or padded: the boolean mask.
+        input_mask = None if batch.has_padding is False else batch.input_mask
+        at_positions, pooled = self.bert(batch.input_ids, batch.segment_ids, input_mask,
                                          layer_gates, output_positions=positions)  # (B, P, H)
         is_masked = positions != 0
         masked_hidden = at_positions[is_masked]  # (M, H)
@@ -299,25 +320,57 @@ class BertForPreTraining(nn.Module):
             nsp_correct=nsp_correct, nsp_count=nsp_labels.new_tensor(nsp_labels.numel()))
 
 
-def compile_layers_separately(layers: nn.ModuleList) -> None:
+# Graphs one layer's code needs: dense or sparse (the last block that runs), with a mask
+# or without, training or evaluation, the scale fixed at 1.0 or dynamic: 16, which the
+# layers share (they run the same code). Past torch's default limit of 8 the rest would
+# run eager, with only a warning.
+COMPILED_LAYER_RECOMPILE_LIMIT = 32
+
+
+def compile_layers_separately(layers: nn.ModuleList, backend: str = "inductor") -> None:
     """torch.compile each encoder layer on its own: the encoder's Python loop still
     decides which layers run, so a dropped layer stays free; 1/p_i is a float argument
-    that the compiler treats as dynamic after it first changes, not a recompile per value."""
+    that the compiler treats as dynamic after it first changes (see add_scaled), not a
+    recompile per value."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit,
+                                        COMPILED_LAYER_RECOMPILE_LIMIT)
     for layer in layers:
-        layer.compile()
+        layer.compile(backend=backend)
 
 
-def init_weights(module: nn.Module, std: float) -> None:
-    """BERT's initialization: N(0, std) for weights, zeros for biases, LN to identity."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=std)
-        if module.bias is not None:
+def init_weights(model: nn.Module, config: BertConfig) -> None:
+    """BERT's initialization, plus the Pre-LN residual scaling of DeepSpeedExamples'
+    Pre-LN model (bing_bert/nvidia/modelingpreln.py, `init_bert_weights`).
+
+    Every Linear and Embedding weight ~ N(0, initializer_range), biases zero, LayerNorm
+    identity. In Pre-LN the two projections that write into the residual stream,
+    `attention.output.dense` and `output.dense` of each layer, get
+    N(0, initializer_range / sqrt(2 * num_hidden_layers)): the stream sums 2L branch
+    outputs that no LayerNorm rescales, so each starts smaller ("accounting for
+    accumulation on the residual path"). Post-LN normalizes after every sum and keeps
+    original BERT's single std. (The upstream file's intermediate, pooler and MLM
+    transform layers are a custom class its init skips, so they keep PyTorch's default
+    uniform init, std 1 / sqrt(3 fan_in): 0.0208 at hidden 768. We give them N(0, 0.02).)
+    """
+    std = config.initializer_range
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif hasattr(module, "weight") and hasattr(module, "bias") and "LayerNorm" in type(module).__name__:
+            nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=std)
-        if module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-    elif hasattr(module, "weight") and hasattr(module, "bias") and "LayerNorm" in type(module).__name__:
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    if config.pre_layer_norm:
+        residual_std = std / math.sqrt(2.0 * config.num_hidden_layers)
+        for layer in model.modules():
+            if isinstance(layer, BertLayer):
+                nn.init.normal_(layer.attention.output.dense.weight, std=residual_std)
+                nn.init.normal_(layer.output.dense.weight, std=residual_std)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -273,3 +274,176 @@ def test_classifier_reads_cls_from_a_last_block_run_for_cls_alone():
         _, pooled = model.bert(batch.input_ids, batch.segment_ids, batch.input_mask)  # dense
     assert ffn_rows == [1, 16]  # [CLS] only, then the dense reference's 16 tokens
     assert torch.allclose(logits, model.classifier(pooled), atol=1e-6)
+
+
+@pytest.mark.parametrize("pre_layer_norm", [True, False])
+def test_init_scales_residual_projections_in_pre_ln_as_deepspeed_examples(pre_layer_norm):
+    """DeepSpeedExamples' modelingpreln.py: the projections into the residual stream
+    (attention.output.dense, output.dense) get initializer_range / sqrt(2 L); every other
+    weight initializer_range. Post-LN keeps original BERT's single std."""
+    config = BertConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=12,
+                        num_attention_heads=4, intermediate_size=1024,
+                        pre_layer_norm=pre_layer_norm)
+    model = model_for(config)
+    residual, other = [], []
+    for name, param in model.named_parameters():
+        if not name.endswith("weight") or "LayerNorm" in name or "layer_norm" in name:
+            continue
+        (residual if name.endswith("output.dense.weight") and ".layer." in name else other).append(param)
+    assert len(residual) == 2 * 12
+    residual_std = torch.cat([p.detach().flatten() for p in residual]).std().item()
+    other_std = torch.cat([p.detach().flatten() for p in other]).std().item()
+    expected = 0.02 / math.sqrt(2 * 12) if pre_layer_norm else 0.02  # 0.0040825 in Pre-LN
+    # 24 x 65,536 / 24 x 262,144 samples: the std estimates are within 0.2%.
+    assert residual_std == pytest.approx(expected, rel=0.01)
+    assert other_std == pytest.approx(0.02, rel=0.01)
+    for layer in model.bert.encoder.layer:  # each layer's own std, not only the pooled one
+        for weight in (layer.attention.output.dense.weight, layer.output.dense.weight):
+            assert weight.std().item() == pytest.approx(expected, rel=0.05)
+        assert layer.intermediate.dense.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert all(not p.any() for n, p in model.named_parameters() if n.endswith("bias"))
+
+
+# ---------------------------------------------------------------- attention without a mask
+
+def unpadded(batch: PretrainingBatch) -> PretrainingBatch:
+    """The same rows with every position a token (the mask all ones)."""
+    return PretrainingBatch(batch.input_ids, torch.ones_like(batch.input_mask), batch.segment_ids,
+                            batch.masked_lm_positions, batch.masked_lm_ids, batch.next_sentence_labels)
+
+
+def test_batch_knows_whether_it_is_padded_without_asking_the_device():
+    padded = make_batch()
+    assert padded.has_padding is True and unpadded(padded).has_padding is False
+    assert unpadded(padded).to("meta").has_padding is False  # carried from the CPU copy
+    on_device = PretrainingBatch(*(t.to("meta") for t in (
+        padded.input_ids, torch.ones_like(padded.input_mask), padded.segment_ids,
+        padded.masked_lm_positions, padded.masked_lm_ids, padded.next_sentence_labels)))
+    assert on_device.has_padding is None  # unknown: the model keeps the mask
+    arrays = {name: getattr(padded, name).numpy() for name in
+              ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+               "next_sentence_labels")}
+    assert PretrainingBatch.from_numpy(arrays).has_padding is True
+    arrays["input_mask"] = np.ones_like(arrays["input_mask"], dtype=np.int8)
+    assert PretrainingBatch.from_numpy(arrays).has_padding is False
+
+
+def record_sdpa_calls(monkeypatch) -> list:
+    """(mask given?, query length, key length) of every SDPA call the model makes."""
+    calls, real = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        calls.append((attn_mask is not None, q.shape[2], k.shape[2]))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    return calls
+
+
+def test_unpadded_batches_attend_without_a_mask_padded_ones_with_it(monkeypatch):
+    calls = record_sdpa_calls(monkeypatch)
+    model = model_for().train()
+    gates = pld.LayerGates(keep=(True, False, True, True), keep_prob=(0.9, 0.8, 0.7, 0.6))
+    model(unpadded(make_batch()), layer_gates=gates)
+    # three blocks ran, the last one sparse: 1 + 4 queries ([CLS] and the slots), 16 keys
+    assert calls == [(False, 16, 16), (False, 16, 16), (False, 5, 16)]
+    calls.clear()
+    model(make_batch(), layer_gates=gates)
+    assert calls == [(True, 16, 16), (True, 16, 16), (True, 5, 16)]
+    calls.clear()
+    batch = unpadded(make_batch())
+    batch.has_padding = None  # as for a batch built on the device
+    model(batch)
+    assert calls == [(True, 16, 16)] * 3 + [(True, 5, 16)]
+
+
+def loss_and_grads(model, batch, gates=None):
+    model.zero_grad(set_to_none=True)
+    out = model(batch, layer_gates=gates)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return torch.stack([out.loss, out.mlm_loss, out.nsp_loss]).detach(), grads
+
+
+@pytest.mark.parametrize("pre_layer_norm, checkpointing", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("keep", [None, (True, False, True, True), (False, True, False, False)])
+def test_mask_free_path_equals_the_masked_path_on_unpadded_batches(keep, pre_layer_norm, checkpointing):
+    gates = None if keep is None else pld.LayerGates(keep=keep, keep_prob=(0.9, 0.8, 0.7, 0.6))
+    model = model_for(pre_layer_norm=pre_layer_norm, activation_checkpointing=checkpointing,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    mask_free = unpadded(make_batch())
+    masked = unpadded(make_batch())
+    masked.has_padding = None  # the model keeps the (all-True) mask
+    losses_free, grads_free = loss_and_grads(model, mask_free, gates)
+    losses_masked, grads_masked = loss_and_grads(model, masked, gates)
+    torch.testing.assert_close(losses_free, losses_masked, rtol=0, atol=1e-6)
+    assert grads_free.keys() == grads_masked.keys()
+    for name, grad in grads_free.items():
+        torch.testing.assert_close(grad, grads_masked[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("pre_layer_norm", [True, False])
+def test_padded_rows_equal_the_same_rows_run_alone_without_padding(pre_layer_norm):
+    """The masked path on a padded batch against the mask-free path on each row cut to
+    its length: the same outputs at [CLS] and the masked positions, the same gradients."""
+    model = model_for(pre_layer_norm=pre_layer_norm, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0).train()
+    gates = pld.LayerGates(keep=(True, True, False, True), keep_prob=(0.9, 0.8, 0.7, 0.6))
+    batch = make_batch()
+    lengths = batch.input_mask.sum(1).tolist()
+    assert lengths == [16, 13, 10, 16]
+    weights = torch.randn(batch.size, batch.masked_lm_positions.shape[1], TINY.hidden_size,
+                          generator=torch.Generator().manual_seed(2))
+    selected, pooled = model.bert(batch.input_ids, batch.segment_ids, batch.input_mask, gates,
+                                  output_positions=batch.masked_lm_positions)
+    ((selected * weights).sum() + pooled.sum()).backward()
+    batched = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    for row, length in enumerate(lengths):
+        alone = slice(row, row + 1)
+        selected_row, pooled_row = model.bert(
+            batch.input_ids[alone, :length], batch.segment_ids[alone, :length], None, gates,
+            output_positions=batch.masked_lm_positions[alone])
+        torch.testing.assert_close(selected_row, selected[alone], rtol=0, atol=1e-5)
+        torch.testing.assert_close(pooled_row, pooled[alone], rtol=0, atol=1e-5)
+        ((selected_row * weights[alone]).sum() + pooled_row.sum()).backward()  # grads add up
+    for name, p in model.named_parameters():
+        if name in batched:
+            # summed over rows in another order: float32 rounding, relative to the sum
+            torch.testing.assert_close(p.grad, batched[name], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_layers_compile_once_for_every_scale(monkeypatch):
+    """1/p_i changes with theta every step: the compiled layers must not recompile per
+    value (torch's default limit of 8 recompiles would then send them back to eager)."""
+    from torch._dynamo.utils import counters
+    from bing_bert_pld.model import compile_layers_separately
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    torch._dynamo.reset()
+    reference = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    compiled = model_for(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    # aot_eager: the graphs inductor would get (alpha specializes there), minus codegen
+    compile_layers_separately(compiled.bert.encoder.layer, backend="aot_eager")
+    batches = [unpadded(make_batch()), make_batch()]  # without a mask and with one
+
+    def run_all(theta):
+        for batch in batches:
+            for keep in ((True,) * 4, (True, True, False, False)):  # sparse block 3, then 1
+                gates = pld.LayerGates(keep=keep, keep_prob=pld.keep_probabilities(theta, 4))
+                expected = reference(batch, layer_gates=gates).loss
+                torch.testing.assert_close(compiled(batch, layer_gates=gates).loss, expected,
+                                           rtol=0, atol=1e-5)
+
+    try:
+        counters.clear()
+        run_all(1.0)  # every scale 1.0
+        run_all(0.9)  # the scales change: dynamic from here on
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs <= 8
+        for theta in (0.7, 0.5):
+            run_all(theta)
+        assert counters["stats"]["unique_graphs"] == graphs  # no new graph for new values
+        assert torch._dynamo.config.recompile_limit >= 16  # raised for the variants
+    finally:
+        torch._dynamo.reset()
