@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=2, help="repetitions of each timing (median printed)")
     args = parser.parse_args(argv)
 
-    from bing_bert_pld import checkpoint
+    from bing_bert_pld.run import checkpoint
     from bing_bert_pld.config import BertConfig
     from bing_bert_pld.ds_config import build_training_setup
     from bing_bert_pld.engine import init_distributed, initialize_engine

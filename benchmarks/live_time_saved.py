@@ -35,7 +35,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bing_bert_pld import cli, metric_names as names
+from bing_bert_pld import cli
+from bing_bert_pld.run import metric_names as names
 from bing_bert_pld.time_saved import SKIP_FIRST, WINDOW
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
     python -m bing_bert_pld.hf_export CHECKPOINT OUT_DIR [--vocab vocab.txt] [--cased]
 
-CHECKPOINT is anything `bing_bert_pld.pretrained.load_pretrained` reads (training
+CHECKPOINT is anything `bing_bert_pld.run.pretrained.load_pretrained` reads (training
 output dir, checkpoint root, tag dir). OUT_DIR then loads offline with
 `AutoModelForMaskedLM`, `AutoModel` and `AutoTokenizer.from_pretrained(OUT_DIR)`.
 
@@ -43,7 +43,7 @@ import torch
 from . import cli
 from .config import BertConfig
 from .model import BertForPreTraining
-from .pretrained import CheckpointError, Pretrained, check_names_and_shapes, read_pretrained
+from .run.pretrained import CheckpointError, Pretrained, check_names_and_shapes, read_pretrained
 
 WEIGHTS = "model.safetensors"
 NSP_HEAD = "nsp_head.safetensors"

@@ -59,7 +59,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import cli
-from .metric_names import (ACTIVE, ELAPSED, EXPECTED_ACTIVE, SAMPLES, SAMPLES_PER_SEC,
+from .run.metric_names import (ACTIVE, ELAPSED, EXPECTED_ACTIVE, SAMPLES, SAMPLES_PER_SEC,
                            SKIPPED_FRAC, THETA, TIME_SAVED, TIME_SAVED_FRAC, TRAIN_LOSS,
                            TRAIN_TIME, VAL_LOSS, VAL_MLM_LOSS)
 
@@ -156,7 +156,7 @@ def load_run(run_dir: str | Path, name: Optional[str] = None) -> Run:
 def read_run_config(run_root: Path) -> Optional[dict]:
     """run_config.json of the newest checkpoint under RUN_DIR/checkpoints that has a
     readable one (the trainer writes it with every checkpoint); None without."""
-    from .checkpoint import RUN_CONFIG, published_tags
+    from .run.layout import RUN_CONFIG, published_tags
 
     root = run_root / "checkpoints"
     for tag in published_tags(root):

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import torch
 
-from .checkpoint import Resumable
+from .run.checkpoint import Resumable
 from .ds_config import resolve_batch_sizes
 
 # DeepSpeed keys that change what is logged or profiled, not what is computed.

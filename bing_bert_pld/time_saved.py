@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import metric_names as names
+from .run import metric_names as names
 
 MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation per median absolute deviation
 SKIP_FIRST = 5  # steps of each launch left out (warm-up)

@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
-from . import checkpoint, cli, flops, resume_config, run_options, stop_signal
+from . import cli, flops, resume_config, run_options, stop_signal
+from .run import checkpoint
 from .config import BertConfig, ConfigError
 from .divergence import EXIT_CODE as NON_FINITE_EXIT_CODE, NonFiniteError, StepLossCheck, \
     require_finite_weights
@@ -46,7 +47,8 @@ from .engine import PLDHook, init_distributed, initialize_engine
 from .metrics_log import LOG, make_sink, setup_console_logging
 from .model import BertForPreTraining, compile_layers_separately
 from .pld import expected_active_layers
-from . import metric_names as names, progress
+from . import progress
+from .run import metric_names as names
 from .time_saved import TimeSavedEstimator
 
 

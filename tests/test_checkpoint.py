@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from bing_bert_pld import checkpoint, lr_schedules, resume_config, train
-from bing_bert_pld.checkpoint import CheckpointError, UnsafeCheckpointError
+from bing_bert_pld import lr_schedules, resume_config, train
+from bing_bert_pld.run import checkpoint, layout
+from bing_bert_pld.run.checkpoint import CheckpointError, UnsafeCheckpointError
 from bing_bert_pld.engine import init_distributed
-from bing_bert_pld.pretrained import load_pretrained, read_pretrained
+from bing_bert_pld.run.pretrained import load_pretrained, read_pretrained
 from shard_factory import write_shard_set
 
 SEQ, PRED, VOCAB = 32, 5, 512
@@ -120,7 +121,7 @@ def test_a_published_checkpoint_is_whole_and_loads_weights_only(zero_root):
     assert sorted(p.name for p in zero_root.iterdir()) == [
         "global_step2", "global_step4", "latest",
         "zero_to_fp32.py", "zero_to_torch.py"]  # DeepSpeed copies its ZeRO scripts beside the tags
-    assert checkpoint.latest_tag(zero_root) == "global_step4"
+    assert layout.latest_tag(zero_root) == "global_step4"
     tag = zero_root / "global_step4"
     manifest = json.loads((tag / checkpoint.MANIFEST).read_text())
     on_disk = sorted(p.name for p in tag.iterdir() if p.name != checkpoint.MANIFEST)
@@ -262,7 +263,7 @@ def test_the_trainer_resumes_from_the_fallback_and_never_reuses_the_damaged_name
     warnings = [r.message for r in caplog.records if "not resuming from" in r.getMessage()]
     assert len(warnings) == 1
     assert trainer.train() == "max_steps"
-    assert checkpoint.latest_tag(root) == "global_step4.2"
+    assert layout.latest_tag(root) == "global_step4.2"
     assert file_stamps(root / "global_step4") == damaged  # left for inspection, untouched
     history = json.loads((root / "global_step4.2" / "trainer_state.json").read_text())["history"]
     assert [(h["event"], h["step"]) for h in history] == [("fallback", 2)]
@@ -316,7 +317,7 @@ def test_a_planted_pickle_is_refused_by_export_and_fine_tuning(tmp_path, zero_ro
     """pretrained.read_pretrained: what hf_export and GLUE --init read."""
     source = zero_root if zero else lamb_out / "run" / "checkpoints"
     root = copy_run(source, tmp_path)
-    tag = root / checkpoint.latest_tag(root)
+    tag = root / layout.latest_tag(root)
     marker = tmp_path / "code_ran"
     plant(tag / MODEL_STATES, marker)
     rerecord(tag, MODEL_STATES)

@@ -24,7 +24,7 @@ import torch
 from launch_helpers import assert_completed, clean_env, free_port
 from shard_factory import write_shard_set
 
-from bing_bert_pld.checkpoint import FAULT_ENV
+from bing_bert_pld.run.checkpoint import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 

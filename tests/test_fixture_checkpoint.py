@@ -10,7 +10,7 @@ from shard_factory import write_shard_set
 
 from bing_bert_pld import train
 from bing_bert_pld.engine import init_distributed
-from bing_bert_pld.pretrained import read_pretrained
+from bing_bert_pld.run.pretrained import read_pretrained
 
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_v3"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

@@ -15,7 +15,7 @@ import torch
 from bing_bert_pld.config import BertConfig
 from bing_bert_pld.engine import init_distributed
 from bing_bert_pld.model import BertForPreTraining
-from bing_bert_pld.pretrained import (CheckpointError, CheckpointMismatchError, load_pretrained,
+from bing_bert_pld.run.pretrained import (CheckpointError, CheckpointMismatchError, load_pretrained,
                                       load_strict, read_pretrained)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from bing_bert_pld import hf_export
-from bing_bert_pld.pretrained import load_pretrained, read_pretrained
+from bing_bert_pld.run.pretrained import load_pretrained, read_pretrained
 from tests.test_glue_pretrained import (assert_same_tensors, distributed, make_checkpoint,  # noqa: F401
                                         perturbed_model, tiny_config, write_vocab)
 

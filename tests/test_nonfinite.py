@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bing_bert_pld import checkpoint, train
+from bing_bert_pld import train
+from bing_bert_pld.run import checkpoint, layout
 from bing_bert_pld.divergence import EXIT_CODE, NonFiniteError, StepLossCheck
 from bing_bert_pld.engine import init_distributed
 from shard_factory import write_shard_set
@@ -43,7 +44,7 @@ def saved_tags(root: Path, step: int) -> list[str]:
 
 
 def assert_latest_is_finite(root: Path, step: int) -> None:
-    tag = checkpoint.latest_tag(root)
+    tag = layout.latest_tag(root)
     assert tag is not None and tag.startswith(f"global_step{step}")
     states = list((root / tag).rglob("mp_rank_00_model_states.pt"))
     assert len(states) == 1

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from bing_bert_pld import metric_names as names
+from bing_bert_pld.run import metric_names as names
 from bing_bert_pld import progress
 from bing_bert_pld.time_saved import TimeSavedEstimator, fit_step_time
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import pytest
 
-from bing_bert_pld import checkpoint, train
+from bing_bert_pld import train
+from bing_bert_pld.run import checkpoint, layout
 from bing_bert_pld.engine import init_distributed
 from shard_factory import make_arrays, write_shard, write_shard_set
 
@@ -96,7 +97,7 @@ def test_crash_during_save_leaves_the_previous_checkpoint_as_latest(tmp_path, da
     trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=2)))
     trainer.train()
     root = tmp_path / "run" / "checkpoints"
-    assert checkpoint.latest_tag(root) == "global_step2"
+    assert layout.latest_tag(root) == "global_step2"
 
     trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=4)))
     assert trainer.step == 2  # resumed
@@ -118,12 +119,12 @@ def test_crash_during_save_leaves_the_previous_checkpoint_as_latest(tmp_path, da
     hidden = [p.name for p in root.iterdir() if p.name.startswith(".")]
     assert len(hidden) == 1 and hidden[0].startswith(".saving-global_step4-")  # the broken one...
     assert not (root / "global_step4").exists()
-    assert checkpoint.latest_tag(root) == "global_step2"  # ...and resume never picks it
+    assert layout.latest_tag(root) == "global_step2"  # ...and resume never picks it
 
     resumed = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=4)))
     assert resumed.step == 2 and resumed.samples == 16
     assert resumed.train() == "max_steps"
-    assert checkpoint.latest_tag(root) == "global_step4"
+    assert layout.latest_tag(root) == "global_step4"
     assert sorted(p.name for p in root.iterdir()) == ["global_step2", "global_step4", "latest"]
     state = json.loads((root / "global_step4" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["samples"] == 32

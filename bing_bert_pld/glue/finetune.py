@@ -59,7 +59,7 @@ from ..ds_config import (TrainingSetup, build_training_setup, check_setup_agains
 from ..engine import init_distributed, initialize_engine
 from ..lr_schedules import SCHEDULES
 from ..metrics_log import LOG, make_sink, setup_console_logging
-from ..pretrained import CheckpointError, read_pretrained
+from ..run.pretrained import CheckpointError, read_pretrained
 from .data import GlueDataset, build_tokenizer, check_task_files, encode, get_task, read_split
 from .metrics import compute_metrics, predictions_from_logits
 from .model import BertForSequenceClassification

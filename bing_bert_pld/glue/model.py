@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import BertConfig
 from ..model import BertForPreTraining, BertModel
-from ..pretrained import Pretrained, load_strict
+from ..run.pretrained import Pretrained, load_strict
 from .data import GlueBatch
 
 

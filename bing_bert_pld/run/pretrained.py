@@ -18,7 +18,7 @@ rounded to 16 bits there). The model configuration and the vocabulary are read f
 
 The checkpoint layout is checkpoint.py's: `latest` must name a tag directory inside the
 root, a checkpoint with a manifest is verified against it (sizes and sha256) before
-anything is read, and every .pt file is read weights-only (checkpoint.safe_load), also
+anything is read, and every .pt file is read weights-only (run.safe_load), also
 before DeepSpeed's zero_to_fp32 opens it with a plain torch.load.
 
 `load_strict` replaces `load_state_dict(strict=False)`: a checkpoint that does not
@@ -37,13 +37,12 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .checkpoint import LATEST, RUN_CONFIG, CheckpointError
-from .config import BertConfig
+from .layout import LATEST, MODEL_STATES, RUN_CONFIG, ZERO_OPTIM_GLOB, CheckpointError
+from .safe_load import safe_load
+from ..config import BertConfig
 
 logger = logging.getLogger(__name__)
 
-MODEL_STATES = "mp_rank_00_model_states.pt"
-ZERO_OPTIM_GLOB = "*zero_pp_rank_*_optim_states.pt"
 __all__ = ["CheckpointError", "CheckpointMismatchError", "LATEST", "Pretrained", "RUN_CONFIG",
            "check_names_and_shapes", "load_pretrained", "load_strict", "read_pretrained",
            "resolve_tag_dir"]
@@ -91,7 +90,7 @@ def read_pretrained(path: str | Path) -> Pretrained:
         raise CheckpointError(f"{path}: not a directory (expected a DeepSpeed checkpoint "
                               "directory or a directory exported with bing_bert_pld.hf_export)")
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        from .hf_export import import_hf  # transformers and safetensors only when needed
+        from ..hf_export import import_hf  # transformers and safetensors only when needed
 
         return import_hf(path)
     return _read_deepspeed(resolve_tag_dir(path))
@@ -130,7 +129,7 @@ def _deepspeed_weights(tag_dir: Path) -> dict[str, torch.Tensor]:
         if not states_path.is_file():
             raise CheckpointError(f"{tag_dir}: neither {MODEL_STATES} nor ZeRO shards "
                                   f"({ZERO_OPTIM_GLOB}) found")
-        states = checkpoint.safe_load(states_path)
+        states = safe_load(states_path)
         state_dict = states.get("module")
         if not state_dict:
             raise CheckpointError(f"{states_path} holds no 'module' weights")

@@ -1,26 +1,11 @@
 """Checkpoints: published only when whole, verified before use, loaded without running pickled code.
 
-Layout of `<output_dir>/checkpoints/`:
-    <tag>/                      one checkpoint; tag global_step<N> (global_step<N>.<k> when that
-                                name is taken, e.g. by a damaged checkpoint a resume fell back from)
-    <tag>/mp_rank_00_model_states.pt, *_optim_states.pt
-                                DeepSpeed's files (model, optimizer, LR scheduler, step counters)
-    <tag>/rank<R>_state.pt      per rank: data-loader position and RNG states, as tensors, ints
-                                and lists only (loads with torch.load(weights_only=True))
-    <tag>/trainer_state.json    readable: step, samples, elapsed time, theta, PLD gate counts,
-                                history (allowed configuration changes, fallbacks)
-    <tag>/run_config.json       the resolved configuration of the run (model, DeepSpeed, command
-                                line, data identity)
-    <tag>/manifest.json         written last: byte count and sha256 of every other file
-    latest                      names the tag resume uses
-    .saving-<tag>-<id>/         a save in progress or killed; never read, removed by the next
-                                successful save
-
-Publication: every rank writes into a new `.saving-*` directory and hashes what it wrote
-(while the bytes are still in the page cache), the digests are gathered to rank 0, which
-writes the JSON files and the manifest, renames the directory to its tag, and then replaces
-`latest` (temporary file, fsync, rename). A kill at any moment leaves `latest` naming a
-whole checkpoint, and a tag that `latest` names is never written again.
+The layout is run.layout's. Publication: every rank writes into a new `.saving-*`
+directory and hashes what it wrote (while the bytes are still in the page cache), the
+digests are gathered to rank 0, which writes the JSON files and the manifest, renames the
+directory to its tag, and then replaces `latest` (temporary file, fsync, rename). A kill
+at any moment leaves `latest` naming a whole checkpoint, and a tag that `latest` names is
+never written again.
 
 Resume (`find_resumable`): the checkpoint `latest` names is verified first (every file the
 manifest lists present, of its size and sha256, every .pt file readable weights-only); when
@@ -28,23 +13,17 @@ it is damaged, or `latest` is missing or names anything but a tag directory insi
 root, the newest whole checkpoint is used instead, with one logged line saying why.
 Checkpoints written before manifests existed are checked by their files' zip CRCs.
 
-Safe loading: every .pt file is read with `torch.load(weights_only=True)`. DeepSpeed's ZeRO
-optimizer files pickle three small DeepSpeed classes (`DEEPSPEED_SAFE_GLOBALS`), allowed
-by name for those loads only; our rank files from before this format hold NumPy's RNG
-state, for which the NumPy array types are allowed for those files only. DeepSpeed's own
-loads go through `_VerifiedWriter`, which replaces its checkpoint engine's `torch.load`.
+Safe loading is run.safe_load's; DeepSpeed's own loads go through `_VerifiedWriter`, which
+replaces its checkpoint engine's `torch.load`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
-import sys
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -55,16 +34,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-LATEST = "latest"
-RUN_CONFIG = "run_config.json"
-TRAINER_STATE = "trainer_state.json"
-MANIFEST = "manifest.json"
+from .files import atomic_write_text, file_digest, fsync_dir, read_json_object, write_synced
+from .layout import (LATEST, MANIFEST, MODEL_STATES_GLOB, RUN_CONFIG, SAVING_PREFIX, TRAINER_STATE,
+                     CheckpointError, UnsafeCheckpointError, free_tag, published_tags, rank_state_name,
+                     read_latest)
+from .safe_load import safe_load
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "Resumable", "find_resumable", "load",
+           "load_weights_only", "preload_all", "read_rank_state", "resolve_checkpoint",
+           "restore_rng_state", "rng_state", "safe_load", "save", "verify"]
+
 MANIFEST_FORMAT = 1
 RANK_STATE_FORMAT = 2  # 1 (no "format" key): numpy/python RNG states pickled as objects
-SAVING_PREFIX = ".saving-"
-TAG_RE = re.compile(r"^global_step(\d+)(?:\.(\d+))?$")
-MODEL_STATES_GLOB = "*model_states.pt"
-_HASH_CHUNK = 8 << 20
 
 # Test hook, not an interface: "STEP:SIGNAL[,STEP:SIGNAL...]" (e.g. "4:USR1,4:KILL"). Each
 # rank sends itself SIGNAL once its files of a save of optimizer step STEP are written and
@@ -73,75 +54,6 @@ _HASH_CHUNK = 8 << 20
 # uses it to stop a real run exactly on a checkpoint step and to kill it mid-save.
 FAULT_ENV = "BBP_TEST_FAULT_IN_SAVE"
 _saves_of_step: dict[int, int] = {}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be found, verified or safely read; the message names the path."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint file holds pickled objects other than tensors and plain data."""
-
-
-def rank_state_name(rank: int) -> str:
-    return f"rank{rank}_state.pt"
-
-
-# ------------------------------------------------------------------ safe loading
-
-def _deepspeed_safe_globals() -> list:
-    """The non-tensor objects DeepSpeed 0.19.8 pickles into its ZeRO optimizer files
-    (found with torch.serialization.get_unsafe_globals_in_checkpoint on real ZeRO-1/2
-    checkpoints): plain records, an enum and the loss scalers (numbers and a dtype)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]
-
-
-def _legacy_numpy_globals() -> list:
-    """What np.random.get_state() pickles: one uint32 array (rank files of format 1)."""
-    multiarray = getattr(np, "_core", None) or np.core
-    return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-def safe_load(path: Path, map_location: Any = "cpu", *, mmap: bool = False,
-              legacy_rank_state: bool = False) -> Any:
-    """torch.load(weights_only=True), allowing only DeepSpeed's record types (and NumPy's
-    array for format-1 rank files). A file that needs anything else is refused unread."""
-    allowed = _legacy_numpy_globals() if legacy_rank_state else []
-    # DeepSpeed's types only where DeepSpeed is loaded already (training, ZeRO export): a
-    # plain export does not pay for importing it.
-    with_deepspeed = "deepspeed" in sys.modules
-    try:
-        with torch.serialization.safe_globals(allowed + (_deepspeed_safe_globals() if with_deepspeed else [])):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as err:
-        if _is_weights_only_refusal(err):
-            if not with_deepspeed and "GLOBAL deepspeed." in str(err):
-                import deepspeed  # noqa: F401  (then retried with its types allowed)
-
-                return safe_load(path, map_location, mmap=mmap, legacy_rank_state=legacy_rank_state)
-            raise UnsafeCheckpointError(
-                f"{path}: refused to load: it holds pickled objects other than tensors and plain "
-                f"data ({_refusal_reason(err)}); nothing in it was run") from None
-        raise CheckpointError(f"{path}: unreadable: {type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
-
-
-def _is_weights_only_refusal(err: Exception) -> bool:
-    return "weights_only" in str(err) or "Weights only load failed" in str(err)
-
-
-def _refusal_reason(err: Exception) -> str:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    if found:
-        return f"unsupported global {found.group(1)}"
-    for line in str(err).splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()
-    return str(err).strip().splitlines()[0]
 
 
 class _VerifiedWriter:
@@ -175,7 +87,6 @@ def _verified_writer(engine) -> _VerifiedWriter:
                 "'checkpoint' writer setting from the DeepSpeed JSON.")
         current = engine.checkpoint_engine = _VerifiedWriter(current)
     return current
-
 
 # ------------------------------------------------------------------ rank state
 
@@ -211,94 +122,6 @@ def read_rank_state(directory: Path, rank: int) -> dict:
     legacy = not (directory / MANIFEST).is_file()
     return safe_load(directory / rank_state_name(rank), legacy_rank_state=legacy)
 
-
-# ------------------------------------------------------------------ files
-
-def file_digest(path: Path, sync: bool = False) -> dict:
-    """{"bytes", "sha256"} of a file; with sync, its data is on disk before this returns."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-        if sync:
-            os.fsync(f.fileno())
-    return {"bytes": size, "sha256": digest.hexdigest()}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a part, even after a power cut."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _write_synced(path: Path, text: str) -> dict:
-    with open(path, "w") as f:
-        f.write(text)
-    return file_digest(path, sync=True)
-
-
-# ------------------------------------------------------------------ tags and `latest`
-
-def _tag_order(name: str) -> Optional[tuple[int, int]]:
-    match = TAG_RE.match(name)
-    return (int(match.group(1)), int(match.group(2) or 1)) if match else None
-
-
-def published_tags(root: Path) -> list[str]:
-    """Tag directories in the root, newest first (by step, then by later save)."""
-    if not root.is_dir():
-        return []
-    tags = [p.name for p in root.iterdir() if p.is_dir() and _tag_order(p.name) is not None]
-    return sorted(tags, key=_tag_order, reverse=True)
-
-
-def _free_tag(root: Path, step: int) -> str:
-    tag, k = f"global_step{step}", 1
-    while os.path.lexists(root / tag):  # never reuse a name, whole or damaged
-        k += 1
-        tag = f"global_step{step}.{k}"
-    return tag
-
-
-def read_latest(root: Path) -> tuple[Optional[str], Optional[str]]:
-    """(tag, None), (None, what is wrong with `latest`), or (None, None) without one."""
-    marker = root / LATEST
-    if not os.path.lexists(marker):
-        return None, None
-    try:
-        text = marker.read_text().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        return None, f"{marker} is unreadable ({err})"
-    if not text:
-        return None, f"{marker} is empty"
-    if "/" in text or "\\" in text or "\0" in text or text.startswith("."):
-        return None, f"{marker} names {text!r}, which is not a tag directory inside {root}"
-    directory = root / text
-    if not directory.is_dir():
-        return None, f"{marker} names {text!r}, which does not exist in {root}"
-    if directory.is_symlink() or directory.resolve().parent != root.resolve():
-        return None, f"{marker} names {text!r}, which leads outside {root}"
-    return text, None
-
-
-def latest_tag(root: Path) -> Optional[str]:
-    return read_latest(root)[0]
-
-
 # ------------------------------------------------------------------ save
 
 def save(engine, root: Path, step: int, trainer_state: dict, rank_state: dict,
@@ -309,7 +132,7 @@ def save(engine, root: Path, step: int, trainer_state: dict, rank_state: dict,
     names: list = [None, None]
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        tag = _free_tag(root, step)
+        tag = free_tag(root, step)
         names = [tag, f"{SAVING_PREFIX}{tag}-{uuid.uuid4().hex[:8]}"]
     dist.broadcast_object_list(names, src=0)
     tag, saving = names
@@ -351,8 +174,8 @@ def save(engine, root: Path, step: int, trainer_state: dict, rank_state: dict,
 
 def _publish(root: Path, staging: Path, tag: str, files: dict[str, dict], step: int,
              world: int, trainer_state: dict, run_config: dict) -> None:
-    files[TRAINER_STATE] = _write_synced(staging / TRAINER_STATE, json.dumps(trainer_state, indent=2))
-    files[RUN_CONFIG] = _write_synced(staging / RUN_CONFIG,
+    files[TRAINER_STATE] = write_synced(staging / TRAINER_STATE, json.dumps(trainer_state, indent=2))
+    files[RUN_CONFIG] = write_synced(staging / RUN_CONFIG,
                                       json.dumps(run_config, indent=2, default=str))
     for path in sorted(staging.rglob("*")):  # e.g. DeepSpeed's zero_to_fp32.py, copied, not saved
         name = path.relative_to(staging).as_posix()
@@ -360,10 +183,10 @@ def _publish(root: Path, staging: Path, tag: str, files: dict[str, dict], step: 
             files[name] = file_digest(path, sync=True)
     manifest = {"format": MANIFEST_FORMAT, "tag": tag, "step": step, "world_size": world,
                 "files": dict(sorted(files.items()))}
-    _write_synced(staging / MANIFEST, json.dumps(manifest, indent=2))
-    _fsync_dir(staging)
+    write_synced(staging / MANIFEST, json.dumps(manifest, indent=2))
+    fsync_dir(staging)
     os.rename(staging, root / tag)  # the tag appears whole, or not at all
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / LATEST, tag)
     for leftover in root.glob(SAVING_PREFIX + "*"):  # saves killed before they were published
         shutil.rmtree(leftover, ignore_errors=True)
@@ -391,20 +214,8 @@ def verify(directory: Path, rank: int = 0, world: int = 1) -> Optional[str]:
     return _verify_legacy(directory, rank, world)
 
 
-def _read_json(path: Path) -> tuple[Optional[dict], Optional[str]]:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, f"{path.name} is missing"
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        return None, f"{path.name} is not valid JSON ({err})"
-    if not isinstance(value, dict):
-        return None, f"{path.name} is not a JSON object"
-    return value, None
-
-
 def _check_trainer_state(directory: Path) -> tuple[Optional[dict], Optional[str]]:
-    state, problem = _read_json(directory / TRAINER_STATE)
+    state, problem = read_json_object(directory / TRAINER_STATE)
     if problem:
         return None, problem
     missing = [key for key in ("step", "samples", "elapsed_s") if not isinstance(state.get(key), (int, float))]
@@ -418,7 +229,7 @@ def _expected_names(world: int) -> list[str]:
 
 
 def _verify_with_manifest(directory: Path, rank: int, world: int) -> Optional[str]:
-    manifest, problem = _read_json(directory / MANIFEST)
+    manifest, problem = read_json_object(directory / MANIFEST)
     if problem:
         return problem
     files, ranks = manifest.get("files"), manifest.get("world_size")
@@ -459,7 +270,7 @@ def _verify_legacy(directory: Path, rank: int, world: int) -> Optional[str]:
     state, problem = _check_trainer_state(directory)
     if problem:
         return problem
-    _, problem = _read_json(directory / RUN_CONFIG)
+    _, problem = read_json_object(directory / RUN_CONFIG)
     if problem:
         return problem
     for name in _expected_names(int(state.get("world_size", 1))):
@@ -529,7 +340,7 @@ def find_resumable(root: Path) -> Optional[Resumable]:
         problem = next((p for p in problems if p), None)
         if problem is None:
             trainer_state, _ = _check_trainer_state(directory)
-            run_config, _ = _read_json(directory / RUN_CONFIG)
+            run_config, _ = read_json_object(directory / RUN_CONFIG)
             note = None
             if skipped:
                 note = (f"not resuming from the checkpoint `latest` names: {'; '.join(skipped)}. "
@@ -605,5 +416,5 @@ def load_weights_only(engine, checkpoint: Path, keep_optimizer: bool) -> dict[st
         load_module_only=not keep_optimizer)
     if load_path is None:
         raise CheckpointError(f"--init_from {directory}: DeepSpeed found no checkpoint")
-    state, _ = _read_json(directory / TRAINER_STATE)
+    state, _ = read_json_object(directory / TRAINER_STATE)
     return state or {}
