@@ -5,7 +5,7 @@
 
 Reads `--data` (a shard directory, e.g. DATA/train) or, without it, a synthetic shard
 set written by tests/shard_factory.py in the pretraining schema (gzip with 64-row
-chunks, as data_prep writes, or uncompressed). The loader is bing_bert_pld.data's
+chunks, as data_prep writes, or uncompressed). The loader is bing_bert_pld.data.loader's
 PretrainingDataLoader as the trainer builds it, as rank 0 of --world-size ranks, and is
 timed alone, once per `--workers` count (num_workers: 1 = one reader thread, n > 1 = n
 reader processes, which only help where the machine has cores for them). The first
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from bing_bert_pld import cli, flops
-from bing_bert_pld.data import PretrainingDataLoader
+from bing_bert_pld.data.loader import PretrainingDataLoader
 from bing_bert_pld.shard_validation import validate_shard_set
 from bing_bert_pld.model import BertForPreTraining
 

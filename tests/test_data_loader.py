@@ -21,9 +21,10 @@ import psutil
 import pytest
 import torch
 
-from bing_bert_pld import data, shard_validation
+from bing_bert_pld import shard_validation
 from bing_bert_pld.batch import PretrainingBatch
-from bing_bert_pld.data import PretrainingDataLoader
+from bing_bert_pld.data.loader import PretrainingDataLoader
+from bing_bert_pld.data.shards import Shard
 from bing_bert_pld.shard_validation import DataError, validate_shard_set
 from bing_bert_pld.schema import FIELD_NAMES, MANIFEST_NAME
 from shard_factory import make_arrays, write_shard, write_shard_set
@@ -318,7 +319,7 @@ def test_a_memory_mapped_field_matches_h5py_behind_a_user_block(tmp_path):
     with h5py.File(path, "w", userblock_size=512) as f:
         for name, array in arrays.items():
             f[name] = array
-    shard = data._Shard(path)
+    shard = Shard(path)
     assert all(isinstance(f, np.ndarray) for f in shard._fields.values())  # mapped, not h5py
     rows = np.array([4, 0, 4, 2])
     for name, got in shard.read(rows).items():
@@ -407,7 +408,7 @@ def test_a_killed_reader_process_is_an_error_not_a_hang(stamped):
 
 LEAVE_WITHOUT_CLOSING = """
     import os, sys, time
-    from bing_bert_pld.data import PretrainingDataLoader
+    from bing_bert_pld.data.loader import PretrainingDataLoader
     from bing_bert_pld.shard_validation import validate_shard_set
 
     if __name__ == "__main__":
