@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from bing_bert_pld import report
+from bing_bert_pld.report import cli, events, numbers, plots, text
 
 PLOTS = ("loss_vs_time.png", "loss_vs_samples.png", "pld.png", "throughput.png")
 
@@ -60,8 +60,8 @@ def two_runs(tmp_path):
 
 
 def test_summary_numbers_exact(two_runs):
-    runs = [report.load_run(p) for p in reversed(two_runs)]  # PLD first: baseline found
-    summary = report.summarize(runs)
+    runs = [events.load_run(p) for p in reversed(two_runs)]  # PLD first: baseline found
+    summary = numbers.summarize(runs)
     assert summary.baseline == "baseline"
     assert summary.target_val_loss == 5.0
     pld, base = summary.runs
@@ -81,18 +81,18 @@ def test_summary_numbers_exact(two_runs):
 
 
 def test_val_steps_between_time_logs_are_interpolated(two_runs):
-    run = report.load_run(two_runs[1])
-    times, losses = report.on_axis(run, "val/loss", "perf/elapsed_s")
+    run = events.load_run(two_runs[1])
+    times, losses = numbers.on_axis(run, "val/loss", "perf/elapsed_s")
     assert times.tolist() == [2.25, 6.0, 9.0]  # step 3 lies between the logs at 2 and 4
     assert losses.tolist() == [6.5, 5.0, 4.5]
     # Past the last log the time grows at the last rate.
-    assert report.interpolate([14, 1], np.array([2, 4]), np.array([1.5, 3.0])).tolist() == [
+    assert numbers.interpolate([14, 1], np.array([2, 4]), np.array([1.5, 3.0])).tolist() == [
         10.5, 0.75]
 
 
 def test_cli_writes_plots_and_summary(two_runs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert report.main([str(p) for p in two_runs] + ["--out", str(out)]) == 0
+    assert cli.main([str(p) for p in two_runs] + ["--out", str(out)]) == 0
     for name in PLOTS:
         assert (out / name).stat().st_size > 1000, name
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,22 +103,41 @@ def test_cli_writes_plots_and_summary(two_runs, tmp_path, capsys):
     assert data["runs"][1]["time_to_target_s"] == 6.0
 
 
+def test_print_comparison_prints_each_time_per_sample_and_the_saving(two_runs, tmp_path, capsys):
+    """The lines launch/quickstart.sh ends with: 10 s / 320 samples, 9 s / 384 samples."""
+    argv = [str(p) for p in reversed(two_runs)] + ["--out", str(tmp_path / "o"), "--print_comparison"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.endswith(
+        "\n\ntime per sample,      pld: 23.44 ms (384 samples in 9 s)\n"
+        "time per sample, baseline: 31.25 ms (320 samples in 10 s)\n"
+        "PLD saved 7.81 ms per sample (25.0% of the baseline's time per sample); "
+        "encoder FLOPs skipped: 18.8%\n")
+    assert cli.main(argv + ["--baseline", "pld"]) == 0  # the slower run compared: a loss
+    assert capsys.readouterr().out.endswith(
+        "PLD saved no time here: 7.81 ms per sample slower (33.3%); encoder FLOPs skipped: n/a. "
+        "Timings on a busy machine are noisy: compare runs made on an idle one, or train "
+        "longer.\n")
+    assert cli.main(argv[:-1]) == 0  # without the flag, the summary only
+    assert "time per sample,      pld:" not in capsys.readouterr().out
+
+
 def test_explicit_baseline_and_unknown_name(two_runs, tmp_path, capsys):
-    runs = [report.load_run(p) for p in two_runs]
-    summary = report.summarize(runs, baseline_name="pld")
+    runs = [events.load_run(p) for p in two_runs]
+    summary = numbers.summarize(runs, baseline_name="pld")
     assert summary.target_val_loss == 4.5
     base, pld = summary.runs
     assert base.target_reached is False and base.time_to_target_s is None
     assert pld.time_to_target_s == 9.0 and pld.time_to_target_speedup == 1.0
     assert any("never reached" in m for m in summary.messages)
-    assert "not reached" in report.format_markdown(summary)
-    code = report.main([str(p) for p in two_runs] + ["--out", str(tmp_path / "o"),
+    assert "not reached" in text.format_markdown(summary)
+    code = cli.main([str(p) for p in two_runs] + ["--out", str(tmp_path / "o"),
                                                      "--baseline", "nope"])
     assert code == 2 and "not one of the runs" in capsys.readouterr().err
 
 
 def test_single_run(two_runs, tmp_path):
-    summary, written = report.write_report([report.load_run(two_runs[1])], tmp_path / "one")
+    summary, written = cli.write_report([events.load_run(two_runs[1])], tmp_path / "one")
     assert summary.baseline == "pld"
     assert any("only one run" in m for m in summary.messages)
     assert summary.runs[0].time_saving_pct == 0.0
@@ -128,14 +147,18 @@ def test_single_run(two_runs, tmp_path):
 def test_missing_scalars_give_messages_not_crashes(tmp_path):
     sparse = write_run(tmp_path / "sparse", {"train/loss": [(1, 3.0), (2, 2.5)]})
     full = write_run(tmp_path / "base", baseline_scalars())
-    summary, written = report.write_report(
-        [report.load_run(sparse), report.load_run(full)], tmp_path / "out", "base")
+    summary, written = cli.write_report(
+        [events.load_run(sparse), events.load_run(full)], tmp_path / "out", "base")
     row = summary.runs[0]
     assert row.time_per_sample_s is None and row.time_to_target_s is None
     assert row.target_reached is None and row.last_step == 2
-    text = report.format_markdown(summary)
-    assert "sparse: missing val/loss, train/samples, perf/elapsed_s" in text
-    assert "plot skipped: pld.png" in text
+    md = text.format_markdown(summary)
+    assert "sparse: missing val/loss, train/samples, perf/elapsed_s" in md
+    assert "plot skipped: pld.png" in md
+    assert text.format_time_saved(summary) == (
+        "time per sample,   sparse: n/a (n/a samples in n/a)\n"
+        "time per sample,     base: 31.25 ms (320 samples in 10 s)\n"
+        "PLD saved: n/a (no time per sample to compare); encoder FLOPs skipped: n/a\n")
     assert {p.name for p in written} >= {"loss_vs_time.png", "throughput.png"}
     assert not (tmp_path / "out" / "pld.png").exists()
 
@@ -144,13 +167,17 @@ def test_restart_rewrites_steps(tmp_path):
     """A resumed run writes steps again into a new event file: the last value wins."""
     write_run(tmp_path / "r", {"val/loss": [(2, 4.0), (4, 3.0)]})
     write_run(tmp_path / "r", {"val/loss": [(4, 2.0), (6, 1.0)]})
-    series = report.load_run(tmp_path / "r").get("val/loss")
+    series = events.load_run(tmp_path / "r").get("val/loss")
     assert series.steps.tolist() == [2, 4, 6] and series.values.tolist() == [4.0, 2.0, 1.0]
+    # The run's own event folder stands for the run: same name, same scalars.
+    by_events = events.load_run(tmp_path / "r" / "tensorboard")
+    assert by_events.name == "r" and by_events.get("val/loss").values.tolist() == [4.0, 2.0, 1.0]
+    assert events.unique_names([tmp_path / "r" / "tensorboard", tmp_path / "r"]) == ["r#1", "r#2"]
 
 
 def test_no_events(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no TensorBoard event files" in capsys.readouterr().err
 
 
@@ -161,9 +188,9 @@ def with_train_time(scalars, seconds_per_step):
 
 
 def test_training_time_is_the_axis_when_every_run_logged_it(tmp_path):
-    runs = [report.load_run(write_run(tmp_path / "baseline", with_train_time(baseline_scalars(), 0.5))),
-            report.load_run(write_run(tmp_path / "pld", with_train_time(pld_scalars(), 0.375)))]
-    summary = report.summarize(runs)
+    runs = [events.load_run(write_run(tmp_path / "baseline", with_train_time(baseline_scalars(), 0.5))),
+            events.load_run(write_run(tmp_path / "pld", with_train_time(pld_scalars(), 0.375)))]
+    summary = numbers.summarize(runs)
     base, pld = summary.runs
     assert base.time_per_sample_s == 5.0 / 320 and pld.time_per_sample_s == 4.5 / 384
     assert base.elapsed_s == 5.0 and pld.elapsed_s == 4.5
@@ -175,9 +202,9 @@ def test_training_time_is_the_axis_when_every_run_logged_it(tmp_path):
 
 def test_runs_fall_back_to_the_wall_clock_together(tmp_path):
     """One run without perf/train_time_s: both are timed by perf/elapsed_s, never mixed."""
-    runs = [report.load_run(write_run(tmp_path / "baseline", baseline_scalars())),
-            report.load_run(write_run(tmp_path / "pld", with_train_time(pld_scalars(), 0.375)))]
-    summary = report.summarize(runs)
+    runs = [events.load_run(write_run(tmp_path / "baseline", baseline_scalars())),
+            events.load_run(write_run(tmp_path / "pld", with_train_time(pld_scalars(), 0.375)))]
+    summary = numbers.summarize(runs)
     base, pld = summary.runs
     assert base.time_per_sample_s == 10.0 / 320 and pld.time_per_sample_s == 9.0 / 384
     assert base.time_to_target_s == 10.0 and pld.time_to_target_s == 6.0
@@ -187,8 +214,8 @@ def test_runs_fall_back_to_the_wall_clock_together(tmp_path):
 # ----------------------------------------------------------------------------- honesty
 
 def test_ema_is_tensorboards_debiased_smoothing():
-    assert report.ema([1.0, 2.0, 3.0], 0.5).tolist() == [1.0, 5 / 3, 17 / 7]
-    smoothed = report.ema([2.0, float("nan"), 4.0], 0.5)
+    assert plots.ema([1.0, 2.0, 3.0], 0.5).tolist() == [1.0, 5 / 3, 17 / 7]
+    smoothed = plots.ema([2.0, float("nan"), 4.0], 0.5)
     assert smoothed[0] == 2.0 and np.isnan(smoothed[1]) and smoothed[2] == 10 / 3
 
 
@@ -196,9 +223,9 @@ def test_a_saving_beyond_the_skipped_flops_is_a_warning(tmp_path):
     """The fixture's PLD run is 25% faster per sample but skipped 18.75% of the encoder
     FLOPs: impossible from the layers alone, so the report says the load changed."""
     scalars = {**pld_scalars(), "pld/time_saved_frac": [(12, 0.125)]}
-    runs = [report.load_run(write_run(tmp_path / "baseline", baseline_scalars())),
-            report.load_run(write_run(tmp_path / "pld", scalars))]
-    summary = report.summarize(runs)
+    runs = [events.load_run(write_run(tmp_path / "baseline", baseline_scalars())),
+            events.load_run(write_run(tmp_path / "pld", scalars))]
+    summary = numbers.summarize(runs)
     assert summary.runs[1].live_time_saved_pct == 12.5
     warnings = [m for m in summary.messages if m.startswith("warning:")]
     assert warnings == [
@@ -209,8 +236,8 @@ def test_a_saving_beyond_the_skipped_flops_is_a_warning(tmp_path):
         "step time, PLD saved 12.5% (pld/time_saved_frac)"]
     # 30% skipped at the end: a 25% saving is possible, no warning.
     scalars["pld/encoder_flops_skipped_frac"] = [(12, 0.3)]
-    runs[1] = report.load_run(write_run(tmp_path / "pld2", scalars))
-    assert not any(m.startswith("warning:") for m in report.summarize(runs).messages)
+    runs[1] = events.load_run(write_run(tmp_path / "pld2", scalars))
+    assert not any(m.startswith("warning:") for m in numbers.summarize(runs).messages)
 
 
 def with_mlm(scalars, mlm):
@@ -223,7 +250,7 @@ def test_no_speedup_to_a_target_at_the_plateau(tmp_path, capsys):
     # marks frequencies learned, so no ratio is printed; PLD's best MLM loss 4.0 is below.
     base = write_run(tmp_path / "baseline", with_mlm(baseline_scalars(), [5.5, 4.5]))
     pld = write_run(tmp_path / "pld", with_mlm(pld_scalars(), [6.0, 4.5, 4.0]))
-    summary = report.summarize([report.load_run(base), report.load_run(pld)],
+    summary = numbers.summarize([events.load_run(base), events.load_run(pld)],
                                plateau=4.25, plateau_source="given with --plateau")
     assert summary.target_below_plateau is False
     base_row, pld_row = summary.runs
@@ -237,16 +264,16 @@ def test_no_speedup_to_a_target_at_the_plateau(tmp_path, capsys):
     assert any(m.startswith("no speedup to target: the target, the baseline's final val/loss "
                             "5.0000, has a validation MLM loss of 4.5000, not below the unigram "
                             "plateau 4.2500") for m in summary.messages)
-    md = report.format_markdown(summary)
+    md = text.format_markdown(summary)
     assert "1.67x" not in md and md.count("n/a (target at plateau)") == 2
     assert "Unigram plateau: 4.2500 nats of validation MLM loss, given with --plateau." in md
     assert "4.5000 (not below plateau)" in md
 
     # Through the CLI: the same with --plateau, and the ratio back with a lower plateau.
-    assert report.main([str(base), str(pld), "--out", str(tmp_path / "o"),
+    assert cli.main([str(base), str(pld), "--out", str(tmp_path / "o"),
                         "--plateau", "4.25"]) == 0
     assert "n/a (target at plateau)" in capsys.readouterr().out
-    below = report.summarize([report.load_run(base), report.load_run(pld)], plateau=4.75)
+    below = numbers.summarize([events.load_run(base), events.load_run(pld)], plateau=4.75)
     assert below.target_below_plateau is True
     assert below.runs[1].time_to_target_speedup == 10.0 / 6.0
     assert not any(m.startswith("no speedup") or "plateau" in m for m in below.messages)
@@ -279,19 +306,19 @@ def test_plateau_from_the_shards_in_run_config(tmp_path):
             "run": {"train_dir": str(tmp_path / "data" / "train"),
                     "val_dir": str(tmp_path / "data" / "validation")},
             "deepspeed_setup": {"pld": {"theta": 0.5, "gamma": 0.001}}}))
-    run = report.load_run(run_dir)
+    run = events.load_run(run_dir)
     assert run.theta_bar == 0.5
-    plateau, source = report.find_plateau([run], run)
+    plateau, source = numbers.find_plateau([run], run)
     assert plateau == pytest.approx(np.log(3.5), abs=1e-12)
     assert source == (f"computed from pld's data: 2 of 2 training shards in "
                       f"{tmp_path / 'data' / 'train'}, against 1 validation shards in "
                       f"{tmp_path / 'data' / 'validation'}")
-    summary, written = report.write_report([run], tmp_path / "out")
+    summary, written = cli.write_report([run], tmp_path / "out")
     assert summary.unigram_plateau == plateau and summary.runs[0].below_plateau is True
     assert {p.name for p in written} >= set(PLOTS)  # pld.png with the theta_bar line
-    assert report.find_plateau([run], run, 3.0) == (3.0, "given with --plateau")
-    bare = report.load_run(write_run(tmp_path / "bare", baseline_scalars()))
-    assert report.find_plateau([bare], bare)[0] is None
-    bare_summary, _ = report.write_report([bare], tmp_path / "bare_out")
+    assert numbers.find_plateau([run], run, 3.0) == (3.0, "given with --plateau")
+    bare = events.load_run(write_run(tmp_path / "bare", baseline_scalars()))
+    assert numbers.find_plateau([bare], bare)[0] is None
+    bare_summary, _ = cli.write_report([bare], tmp_path / "bare_out")
     assert any(m.startswith("unigram plateau unknown: no run has a run_config.json")
                for m in bare_summary.messages)

@@ -1,0 +1,7 @@
+"""`python -m bing_bert_pld.report`: runs the report command (cli.main)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
