@@ -24,7 +24,7 @@ import torch
 import transformers
 
 from bing_bert_pld import cli, flops
-from bing_bert_pld.hf_export import hf_config
+from bing_bert_pld.hf_adapter import hf_config
 from bing_bert_pld.model import BertForPreTraining, compile_layers_separately
 
 from .common import (add_common_args, add_json_arg, describe_machine,

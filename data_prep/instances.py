@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bing_bert_pld.tokenizer import CLS, MASK, SEP, build_word_tokenizer
 from data_prep.errors import DataPrepError
 from data_prep.fsutil import atomic_path, claim_stage_dir, fingerprint, read_json, read_plan, write_json
 from data_prep.masking import MaskingConfig, MaskVocab, mask_batch
@@ -33,8 +34,8 @@ from data_prep.parallel import run_parallel
 from data_prep.records import SPLITS, record_dtype
 from data_prep.sentences import summarize, unit_text_path
 from data_prep.sentences import unit_stats_path as sentences_unit_stats_path
-from data_prep.tokenizer import WordEncoder, load_tokenizer
-from data_prep.vocab import CLS, MASK, SEP, Vocab, load_vocab
+from data_prep.tokenizer import WordEncoder
+from data_prep.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def unit_stats_path(out_dir: Path, index: int) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _cached_encoder(vocab_path: str, lowercase: bool) -> WordEncoder:
-    return WordEncoder(load_tokenizer(Path(vocab_path), lowercase))
+    return WordEncoder(build_word_tokenizer(vocab_path, lowercase))
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,8 +1,9 @@
-"""HF `tokenizers` WordPiece: load one for a vocab.txt, or train a vocab.txt on the corpus.
+"""Encode the corpus to WordPiece ids with a word cache, and train a vocab.txt on it.
 
-Both use BERT's normalizer and pre-tokenizer, so a trained vocabulary and a
-bert-base-(un)cased one split text the same way. Special tokens are added by the
-instance builder, not here.
+The tokenizer itself is bing_bert_pld.tokenizer's (build_word_tokenizer), the one GLUE
+and the transformers export use too; the trainer gives it BERT's normalizer and
+pre-tokenizer, so a trained vocabulary and a bert-base-(un)cased one split text the same
+way. Special tokens are added by the instance builder, not here.
 """
 
 from __future__ import annotations
@@ -11,25 +12,14 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, trainers
 
+from bing_bert_pld.tokenizer import CONTINUATION_PREFIX, SPECIAL_TOKENS, UNK, set_bert_text_rules
 from data_prep.errors import DataPrepError
 from data_prep.fsutil import atomic_path
-from data_prep.vocab import CONTINUATION_PREFIX, SPECIAL_TOKENS, UNK
 
 _ENCODE_BATCH = 8192  # words per tokenizer call: bounds the memory of Encoding objects
 _SENTENCES_PER_SLICE = 20_000  # about 3 MB of text
-
-
-def _bert_pipeline(tokenizer: Tokenizer, lowercase: bool) -> Tokenizer:
-    # strip_accents=None follows `lowercase`, as in bert-base-uncased / -cased.
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    return tokenizer
-
-
-def load_tokenizer(vocab_path: Path, lowercase: bool) -> Tokenizer:
-    return _bert_pipeline(Tokenizer(models.WordPiece.from_file(str(vocab_path), unk_token=UNK)), lowercase)
 
 
 class WordEncoder:
@@ -116,7 +106,7 @@ def train_vocab(files: list[Path], vocab_size: int, lowercase: bool, out_path: P
 
 def _train(files: list[Path], vocab_size: int, fixed_tokens: list[str], lowercase: bool,
            show_progress: bool) -> Tokenizer:
-    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
+    tokenizer = set_bert_text_rules(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=fixed_tokens,
                                         continuing_subword_prefix=CONTINUATION_PREFIX, show_progress=show_progress)
     tokenizer.train([str(f) for f in files], trainer)

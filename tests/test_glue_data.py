@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bing_bert_pld.glue.data import (TASKS, GlueDataError, build_tokenizer, encode, get_task,
-                                     read_split)
+from bing_bert_pld.glue.data import TASKS, GlueDataError, encode, get_task, read_split
+from bing_bert_pld.tokenizer import build_bert_tokenizer
 from tests.test_glue_pretrained import write_vocab
 
 # One header and one or two rows per task, columns as in the real files.
@@ -108,7 +108,7 @@ def test_task_names_and_errors(glue_dir):
 def test_encoding_pairs_and_batches(tmp_path, glue_dir):
     vocab = write_vocab(tmp_path / "vocab.txt")
     spec = get_task("RTE")
-    tokenizer = build_tokenizer(vocab, lowercase=True, max_seq_length=8)
+    tokenizer = build_bert_tokenizer(vocab, lowercase=True, max_length=8)
     data = encode(read_split(glue_dir, spec, "train") * 2, tokenizer, spec, pad_id=0)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     ids, types = data.input_ids[0], data.segment_ids[0]

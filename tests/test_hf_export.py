@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bing_bert_pld import hf_export
-from bing_bert_pld.run.pretrained import load_pretrained, read_pretrained
+from bing_bert_pld import hf_adapter, hf_export
+from bing_bert_pld.run.pretrained import Pretrained, load_pretrained, read_pretrained
+from bing_bert_pld.tokenizer import build_bert_tokenizer, build_hf_tokenizer, build_word_tokenizer
 from tests.test_glue_pretrained import (assert_same_tensors, distributed, make_checkpoint,  # noqa: F401
                                         perturbed_model, tiny_config, write_vocab)
 
@@ -112,7 +113,7 @@ def test_post_ln_exports_as_bert(tmp_path):
     vocab = write_vocab(tmp_path / "vocab.txt")
     model = perturbed_model(tiny_config(pre_layer_norm=False), seed=4)
     expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    pretrained = hf_export.Pretrained(model.config, expected, vocab, True, "memory")
+    pretrained = Pretrained(model.config, expected, vocab, True, "memory")
     out = hf_export.export(pretrained, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
     assert not (out / "nsp_head.safetensors").exists()  # BertForPreTraining has its NSP head
@@ -125,15 +126,15 @@ def test_post_ln_exports_as_bert(tmp_path):
     real = mask.bool()
     assert (theirs.prediction_logits - model.cls.predictions(sequence))[real].abs().max() < TOLERANCE
     assert (theirs.seq_relationship_logits - model.cls.seq_relationship(pooled)).abs().max() < TOLERANCE
-    assert_same_tensors(hf_export.import_hf(out).state_dict, expected)
+    assert_same_tensors(hf_adapter.import_hf(out).state_dict, expected)
 
 
 def test_untied_decoder_is_refused(tmp_path):
     model = perturbed_model(tiny_config())
     state = dict(model.state_dict())
     state["cls.predictions.decoder.weight"] = state["cls.predictions.decoder.weight"] + 1.0
-    pretrained = hf_export.Pretrained(model.config, state, write_vocab(tmp_path / "v.txt"), True, "m")
-    with pytest.raises(hf_export.ExportError, match="differs from"):
+    pretrained = Pretrained(model.config, state, write_vocab(tmp_path / "v.txt"), True, "m")
+    with pytest.raises(hf_adapter.ExportError, match="differs from"):
         hf_export.export(pretrained, tmp_path / "hf")
 
 
@@ -158,18 +159,16 @@ def test_autotokenizer_gives_data_preps_ids_with_bert_base_vocab(tmp_path):
 
 
 def _check_same_ids(tmp_path: Path, vocab: Path, lowercase: bool) -> None:
-    """AutoTokenizer from the export vs the pretraining data's tokenizer (data_prep's
-    load_tokenizer: words to ids, the instance builder frames [CLS] a [SEP] b [SEP]) and
-    vs the GLUE fine-tuning tokenizer (which frames and sets segment ids itself)."""
+    """AutoTokenizer reloaded from the saved export tokenizer vs the pretraining data's
+    tokenizer (build_word_tokenizer: words to ids, the instance builder frames [CLS] a
+    [SEP] b [SEP]) and vs the GLUE fine-tuning tokenizer (build_bert_tokenizer, which
+    frames and sets segment ids itself)."""
     from transformers import AutoTokenizer
 
-    from bing_bert_pld.glue.data import build_tokenizer
-    from data_prep.tokenizer import load_tokenizer
-
-    hf_export.build_hf_tokenizer(vocab, lowercase, 128).save_pretrained(tmp_path / "tok")
+    build_hf_tokenizer(vocab, lowercase, 128).save_pretrained(tmp_path / "tok")
     theirs = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    data_prep = load_tokenizer(vocab, lowercase)
-    glue = build_tokenizer(vocab, lowercase, max_seq_length=128)
+    data_prep = build_word_tokenizer(vocab, lowercase)
+    glue = build_bert_tokenizer(vocab, lowercase, max_length=128)
     cls_id, sep_id = theirs.cls_token_id, theirs.sep_token_id
     for text in SENTENCES:
         words = data_prep.encode(text, add_special_tokens=False).ids

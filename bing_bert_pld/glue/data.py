@@ -8,7 +8,8 @@ original label, sentence). Files are read as plain tab-separated lines, never th
 CSV quote parser: GLUE text contains unbalanced quotes. A row with too few fields (QQP's
 train set has a few) is skipped and counted in the log; an unknown label is an error.
 
-Text is tokenized like the pretraining data: BERT WordPiece over the checkpoint's
+Text is tokenized like the pretraining data, by `encode` with the tokenizer of
+bing_bert_pld.tokenizer.build_bert_tokenizer: BERT WordPiece over the checkpoint's
 vocab.txt with its lowercasing, [CLS] a [SEP] (b [SEP]), segment ids 0 / 1, pairs
 truncated longest-first to max_seq_length.
 """
@@ -175,16 +176,7 @@ def _label(spec: TaskSpec, value: str, path: Path, line: int) -> Union[int, floa
     return spec.labels.index(value)
 
 
-# ---------------------------------------------------------------- tokenization
-
-def build_tokenizer(vocab_file: str | Path, lowercase: bool, max_seq_length: int):
-    """BERT WordPiece over the pretraining vocab.txt (HF tokenizers, as data_prep uses)."""
-    from tokenizers import BertWordPieceTokenizer
-
-    tokenizer = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase)
-    tokenizer.enable_truncation(max_length=max_seq_length, strategy="longest_first")
-    return tokenizer
-
+# ---------------------------------------------------------------- token ids
 
 @dataclass
 class GlueBatch:

@@ -1,8 +1,8 @@
-"""A fine-tuned GLUE classifier on disk: written so that our loader and transformers' AutoModelForSequenceClassification both read it.
+"""Save and load a fine-tuned GLUE classifier that transformers' AutoModel classes also read.
 
 The directory (written under a temporary name, renamed when whole):
 - `model.safetensors`: fp32 weights under transformers' names. The encoder goes through
-  hf_export's adapter (roberta-prelayernorm for Pre-LN, bert for Post-LN). Pre-LN: our
+  hf_adapter (roberta-prelayernorm for Pre-LN, bert for Post-LN). Pre-LN: our
   head (pooler: dense + tanh on [CLS]; dropout; classifier) is the function of
   RobertaPreLayerNormClassificationHead (dense + tanh on the first token; dropout;
   out_proj), so pooler.dense becomes classifier.dense and classifier classifier.out_proj.
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from ..config import BertConfig
-from ..hf_export import (EXPORT_META, VOCAB, WEIGHTS, ExportError, build_hf_tokenizer,
-                         from_hf_state_dict, hf_config, to_hf_state_dict)
+from ..hf_adapter import (EXPORT_META, VOCAB, WEIGHTS, ExportError, from_hf_state_dict, hf_config,
+                          to_hf_state_dict)
+from ..tokenizer import build_hf_tokenizer
 from .data import TaskSpec, get_task
 from .model import BertForSequenceClassification
 

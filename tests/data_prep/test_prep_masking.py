@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bing_bert_pld.tokenizer import CLS, MASK, SEP, build_word_tokenizer
 from data_prep.masking import MaskingConfig, MaskVocab, mask_batch
-from data_prep.tokenizer import WordEncoder, load_tokenizer
-from data_prep.vocab import CLS, MASK, SEP, load_vocab
+from data_prep.tokenizer import WordEncoder
+from data_prep.vocab import load_vocab
 
 SEQ_LEN, MAX_PRED = 128, 20
 
@@ -17,7 +18,7 @@ def rows(bible_dir, vocab_path):
     """20,000 rows "[CLS] A [SEP] B [SEP]" of real Bible tokens, of varied lengths."""
     vocab = load_vocab(vocab_path)
     text = " ".join(p.read_text().replace("\n", " ") for p in sorted(bible_dir.iterdir())[:10])
-    flat, _ = WordEncoder(load_tokenizer(vocab_path, True)).encode([" ".join(text.split())])
+    flat, _ = WordEncoder(build_word_tokenizer(vocab_path, True)).encode([" ".join(text.split())])
     rng = np.random.default_rng(0)
     n = 20_000
     a_len = rng.integers(1, 60, n)

@@ -8,10 +8,11 @@ from array import array
 import numpy as np
 import pytest
 
+from bing_bert_pld.tokenizer import build_word_tokenizer
 from data_prep.cleaning import CleaningConfig, clean_document
 from data_prep.pairs import PairBuilder, _truncate_pair
 from data_prep.splitting import split_sentences
-from data_prep.tokenizer import WordEncoder, load_tokenizer
+from data_prep.tokenizer import WordEncoder
 
 
 def _reference_truncation(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
@@ -39,7 +40,7 @@ def test_closed_form_truncation_matches_the_reference_loop():
 
 @pytest.fixture(scope="module")
 def bible_tokens(bible_dir, vocab_path):
-    encoder = WordEncoder(load_tokenizer(vocab_path, True))
+    encoder = WordEncoder(build_word_tokenizer(vocab_path, True))
     docs = []
     for path in sorted(bible_dir.iterdir()):
         lines, _ = clean_document(path.read_text().splitlines(), CleaningConfig())

@@ -8,8 +8,9 @@ import pytest
 
 from data_prep.cleaning import CleaningConfig, clean_document
 from data_prep.splitting import split_sentences
-from data_prep.tokenizer import WordEncoder, load_tokenizer, train_vocab
-from data_prep.vocab import SPECIAL_TOKENS, load_vocab
+from bing_bert_pld.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
+from data_prep.tokenizer import WordEncoder, train_vocab
+from data_prep.vocab import load_vocab
 
 
 def _sentences(wiki_extracted, bible_dir) -> list[str]:
@@ -27,7 +28,7 @@ def _sentences(wiki_extracted, bible_dir) -> list[str]:
 @pytest.mark.parametrize("lowercase", [True, False])
 def test_word_cache_gives_the_same_ids_as_encoding_sentences(wiki_extracted, bible_dir, vocab_path, lowercase):
     sentences = _sentences(wiki_extracted, bible_dir)
-    tokenizer = load_tokenizer(vocab_path, lowercase)
+    tokenizer = build_word_tokenizer(vocab_path, lowercase)
     expected = [e.ids for e in tokenizer.encode_batch_fast(sentences, add_special_tokens=False)]
     encoder = WordEncoder(tokenizer, max_words=20_000)  # small: the cache is emptied and refilled on the way
     flat, lengths = [], []
