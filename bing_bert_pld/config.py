@@ -11,11 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .strict_dict import BOOL, POSITIVE_INT, ConfigError, Rule, check_value, checked
+
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is wrong; the message names the file and key."""
 
 
 @dataclass(frozen=True)
@@ -36,21 +34,16 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "max_position_embeddings", "type_vocab_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        # Here rather than in from_dict, so that replace() and direct construction are checked too.
+        for name, rule in _FIELD_RULES.items():
+            check_value(None, name, getattr(self, name), rule)
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(f"pad_token_id {self.pad_token_id} outside [0, vocab_size)")
+        if self.pad_token_id >= self.vocab_size:
+            raise ConfigError(f"pad_token_id {self.pad_token_id} must be below vocab_size "
+                              f"{self.vocab_size}")
 
     @property
     def head_dim(self) -> int:
@@ -58,16 +51,10 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "<dict>") -> "BertConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown model config key(s) {unknown}; "
-                              f"known keys are {sorted(known)}")
+        values = checked(values, source, dict.fromkeys(_FIELD_RULES), what="the model config")
         try:
             return cls(**values)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-        except TypeError as err:
+        except ConfigError as err:  # __post_init__'s messages name the key, not the file
             raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
@@ -80,6 +67,18 @@ class BertConfig:
 
     def replace(self, **changes) -> "BertConfig":
         return dataclasses.replace(self, **changes)
+
+
+_PROBABILITY = Rule(low=0, high=1, high_open=True)
+_FIELD_RULES = {
+    "vocab_size": POSITIVE_INT, "hidden_size": POSITIVE_INT, "num_hidden_layers": POSITIVE_INT,
+    "num_attention_heads": POSITIVE_INT, "intermediate_size": POSITIVE_INT,
+    "max_position_embeddings": POSITIVE_INT, "type_vocab_size": POSITIVE_INT,
+    "hidden_dropout_prob": _PROBABILITY, "attention_probs_dropout_prob": _PROBABILITY,
+    "layer_norm_eps": Rule(low=0, low_open=True), "initializer_range": Rule(low=0),
+    "pre_layer_norm": BOOL, "activation_checkpointing": BOOL,
+    "pad_token_id": Rule("integer", low=0),
+}
 
 
 def read_json_object(path: str | Path, what: str) -> dict:

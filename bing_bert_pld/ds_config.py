@@ -32,9 +32,11 @@ from .config import ConfigError, read_json_object
 from .ds_validation import validate_deepspeed_dict
 from .lr_schedules import SCHEDULES
 from .pld import PLDConfigError, PLDSchedule
+from .strict_dict import BOOL, POSITIVE_INT, check_value, checked
 
 PLD_KEY = "progressive_layer_drop"
-PLD_KEYS = {"enabled", "theta", "gamma"}
+# theta and gamma: PLDSchedule judges them
+PLD_RULES = {"enabled": BOOL, "theta": None, "gamma": None}
 
 LAMB_PARAMS = {"lr", "betas", "eps", "weight_decay", "max_coeff", "min_coeff", "bias_correction"}
 # bias_correction: FusedAdam's parameter (DeepSpeedExamples' PLD config sets it false).
@@ -129,21 +131,13 @@ def _take_pld_block(ds: dict, source: str) -> Optional[PLDSchedule]:
     block = ds.pop(PLD_KEY, None)
     if block is None:
         return None
-    if not isinstance(block, dict):
-        raise ConfigError(f"{source}: '{PLD_KEY}' must be an object like "
-                          '{"enabled": true, "theta": 0.5, "gamma": 0.001}')
-    unknown = sorted(set(block) - PLD_KEYS)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown} in '{PLD_KEY}'; "
-                          f"expected {sorted(PLD_KEYS)}")
-    enabled = block.get("enabled", False)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{source}: '{PLD_KEY}.enabled' must be true or false, got {enabled!r}")
+    block = checked(block, source, PLD_RULES, path=PLD_KEY,
+                    like='{"enabled": true, "theta": 0.5, "gamma": 0.001}')
     try:
         schedule = PLDSchedule(theta_bar=block.get("theta", 0.5), gamma=block.get("gamma", 0.001))
     except PLDConfigError as err:
         raise ConfigError(f"{source}: '{PLD_KEY}': {err}") from None
-    return schedule if enabled else None
+    return schedule if block.get("enabled", False) else None
 
 
 def _take_lr_schedule(ds: dict, source: str) -> Optional[LRScheduleSpec]:
@@ -153,13 +147,10 @@ def _take_lr_schedule(ds: dict, source: str) -> Optional[LRScheduleSpec]:
     del ds["scheduler"]
     name = block["type"]
     _, required, optional = SCHEDULES[name]
-    params = dict(block.get("params", {}))
-    missing = [key for key in required if key not in params]
-    unknown = sorted(set(params) - set(required) - set(optional))
-    if missing or unknown:
-        raise ConfigError(f"{source}: scheduler {name}: missing params {missing}, "
-                          f"unknown params {unknown}; expected {list(required)} and "
-                          f"optionally {sorted(optional)}")
+    # the values' ranges: ds_validation.SCHEDULE_PARAM_RANGES, checked before
+    params = checked(block.get("params", {}), source, dict.fromkeys([*required, *optional]),
+                     path="scheduler.params", required=required,
+                     what=f"'scheduler.params' of {name}")
     return LRScheduleSpec(name=name, params={**optional, **params})
 
 
@@ -179,12 +170,9 @@ def _take_client_optimizer(ds: dict, source: str, cuda_available: bool) -> Optio
         # ignore it. Clipping has one home.
         raise ConfigError(f"{source}: optimizer {block['type']}: params.max_grad_norm is not "
                           "applied; clip with the top-level \"gradient_clipping\" instead")
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ConfigError(f"{source}: optimizer {block['type']}: unknown params {unknown}; "
-                          f"expected a subset of {sorted(allowed)}")
-    if "lr" not in params:
-        raise ConfigError(f"{source}: optimizer {block['type']} needs params.lr")
+    # the values: ds_validation checked them
+    checked(params, source, dict.fromkeys(allowed), path="optimizer.params", required=["lr"],
+            what=f"'optimizer.params' of {block['type']}")
     precision = precision_of(ds)
     if kind == "lamb":
         _check_lamb_precision(ds, source, precision, cuda_available)
@@ -341,8 +329,8 @@ def resolve_batch_sizes(ds: dict, world_size: int, source: str = "<config>") -> 
     accum = ds.get("gradient_accumulation_steps")
     for name, value in (("train_batch_size", train), ("train_micro_batch_size_per_gpu", micro),
                         ("gradient_accumulation_steps", accum)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise ConfigError(f"{source}: {name} must be a positive integer, got {value!r}")
+        if value is not None:
+            check_value(source, name, value, POSITIVE_INT)
     if train is not None and micro is not None and accum is None:
         accum, rest = divmod(train, micro * world_size)
         if rest or accum == 0:

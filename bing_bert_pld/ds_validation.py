@@ -19,7 +19,6 @@ ZeRO-3 with PLD is refused (ZERO3_WITH_PLD says why).
 from __future__ import annotations
 
 import ast
-import difflib
 import functools
 import inspect
 import math
@@ -27,8 +26,9 @@ import textwrap
 from collections.abc import KeysView
 from typing import Any, Optional
 
-from .config import ConfigError
 from .lr_schedules import SCHEDULES
+from .strict_dict import (BOOL, POSITIVE_INT, ConfigError, Rule, check_value, checked,
+                          described_keys, did_you_mean, is_number, show)
 
 # Top-level blocks this project reads itself (and takes out before DeepSpeed sees them).
 PROJECT_KEYS = frozenset({"progressive_layer_drop"})
@@ -40,29 +40,29 @@ OUR_OPTIMIZERS = {"lamb": "Lamb", "adam": "Adam", "adamw": "AdamW"}
 # Ranges of our LR schedules' parameters (lr_schedules.SCHEDULES names them).
 # Step counts are integers; a zero decay_steps or total_steps divides by zero.
 SCHEDULE_PARAM_RANGES = {
-    "total_steps": dict(kind="integer", low=1),
-    "warmup_proportion": dict(low=0, high=1),
-    "decay_rate": dict(low=0, low_open=True, high=1),
-    "decay_steps": dict(kind="integer", low=1),
-    "warmup_degree": dict(low=0, low_open=True),
-    "power": dict(low=0),  # negative: (1 - progress)^power is 1/0 at the end
-    "end_ratio": dict(low=0, high=1),
+    "total_steps": Rule("integer", low=1),
+    "warmup_proportion": Rule(low=0, high=1),
+    "decay_rate": Rule(low=0, low_open=True, high=1),
+    "decay_steps": Rule("integer", low=1),
+    "warmup_degree": Rule(low=0, low_open=True),
+    "power": Rule(low=0),  # negative: (1 - progress)^power is 1/0 at the end
+    "end_ratio": Rule(low=0, high=1),
 }
 
 # DeepSpeed's own schedulers: ranges of their common parameters, checked when written
 # as plain numbers (a list, one value per param group, is left to DeepSpeed).
 DEEPSPEED_SCHEDULE_PARAM_RANGES = {
-    "warmup_min_lr": dict(low=0), "warmup_max_lr": dict(low=0),
-    "warmup_num_steps": dict(kind="integer", low=1),  # DeepSpeed: a positive integer
-    "total_num_steps": dict(kind="integer", low=1),
-    "warmup_min_ratio": dict(low=0, high=1), "cos_min_ratio": dict(low=0, high=1),
-    "cycle_min_lr": dict(low=0), "cycle_max_lr": dict(low=0), "decay_lr_rate": dict(low=0),
-    "cycle_first_step_size": dict(kind="integer", low=1),
-    "cycle_second_step_size": dict(kind="integer", low=1),
-    "decay_step_size": dict(kind="integer", low=0),
-    "cycle_min_mom": dict(low=0, high=1), "cycle_max_mom": dict(low=0, high=1),
-    "lr_range_test_min_lr": dict(low=0), "lr_range_test_step_rate": dict(low=0),
-    "lr_range_test_step_size": dict(kind="integer", low=1),
+    "warmup_min_lr": Rule(low=0), "warmup_max_lr": Rule(low=0),
+    "warmup_num_steps": Rule("integer", low=1),  # DeepSpeed: a positive integer
+    "total_num_steps": Rule("integer", low=1),
+    "warmup_min_ratio": Rule(low=0, high=1), "cos_min_ratio": Rule(low=0, high=1),
+    "cycle_min_lr": Rule(low=0), "cycle_max_lr": Rule(low=0), "decay_lr_rate": Rule(low=0),
+    "cycle_first_step_size": Rule("integer", low=1),
+    "cycle_second_step_size": Rule("integer", low=1),
+    "decay_step_size": Rule("integer", low=0),
+    "cycle_min_mom": Rule(low=0, high=1), "cycle_max_mom": Rule(low=0, high=1),
+    "lr_range_test_min_lr": Rule(low=0), "lr_range_test_step_rate": Rule(low=0),
+    "lr_range_test_step_size": Rule("integer", low=1),
 }
 
 ZERO3_WITH_PLD = (
@@ -81,12 +81,12 @@ def validate_deepspeed_dict(values: dict, source: str) -> None:
     for name in ("train_batch_size", "train_micro_batch_size_per_gpu",
                  "gradient_accumulation_steps", "steps_per_print"):
         if name in values:  # steps_per_print 0: DeepSpeed divides by it every step
-            _require(source, name, values[name], kind="integer", low=1)
+            check_value(source, name, values[name], POSITIVE_INT)
     if "gradient_clipping" in values:
-        _require(source, "gradient_clipping", values["gradient_clipping"], low=0)
+        check_value(source, "gradient_clipping", values["gradient_clipping"], Rule(low=0))
     if "gradient_predivide_factor" in values:
-        _require(source, "gradient_predivide_factor", values["gradient_predivide_factor"],
-                 low=0, low_open=True)
+        check_value(source, "gradient_predivide_factor", values["gradient_predivide_factor"],
+                    Rule(low=0, low_open=True))
     _check_precision(values, source)
     _check_optimizer(values.get("optimizer"), source)
     _check_scheduler(values.get("scheduler"), source)
@@ -201,25 +201,18 @@ def _check_top_level_keys(values: dict, source: str) -> None:
     if unknown:
         import deepspeed
 
-        described = ", ".join(f"{key!r}{_did_you_mean(key, known)}" for key in unknown)
+        described = described_keys(unknown, known)
         raise ConfigError(
             f"{source}: unknown top-level key{'s' if len(unknown) > 1 else ''} {described}: "
             f"neither DeepSpeed {deepspeed.__version__} nor bing_bert_pld reads "
             f"{'them' if len(unknown) > 1 else 'it'}")
 
 
-def _did_you_mean(word: str, candidates) -> str:
-    """' (did you mean 'x'?)' for the closest candidate, compared without case."""
-    lowered = {c.lower(): c for c in sorted(candidates)}
-    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean {lowered[match[0]]!r}?)" if match else ""
-
-
 # ------------------------------------------------------------------ values
 def _check_finite(value: Any, source: str, path: str) -> None:
     """Python's json reads NaN, Infinity and -Infinity; none is a usable setting."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: {path} is {_show(value)}; expected a finite number "
+        raise ConfigError(f"{source}: {path} is {show(value)}; expected a finite number "
                           "(NaN and Infinity are not JSON numbers)")
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -237,11 +230,8 @@ def _check_precision(values: dict, source: str) -> None:
         block = values[name]
         if not isinstance(block, dict):
             raise ConfigError(f"{source}: {name} must be an object like {{\"enabled\": true}}, "
-                              f"got {_show(block)}")
-        flag = block.get("enabled", False)
-        if not isinstance(flag, bool):
-            raise ConfigError(f"{source}: {name}.enabled must be true or false, got {_show(flag)}")
-        enabled[name] = flag
+                              f"got {show(block)}")
+        enabled[name] = check_value(source, f"{name}.enabled", block.get("enabled", False), BOOL)
     on = [name for name, flag in enabled.items() if flag]
     if "fp16" in on and len(on) > 1:
         raise ConfigError(f"{source}: fp16.enabled and {on[1]}.enabled are both true; fp16 and "
@@ -251,20 +241,20 @@ def _check_precision(values: dict, source: str) -> None:
 def _check_optimizer(block: Any, source: str) -> None:
     if block is None:
         return
-    if not isinstance(block, dict):
-        raise ConfigError(f"{source}: optimizer must be an object like "
-                          f'{{"type": "Lamb", "params": {{"lr": 1e-3}}}}, got {_show(block)}')
     from deepspeed.runtime import constants
 
-    _check_block_keys(block, "optimizer", source,
-                      {constants.TYPE, constants.OPTIMIZER_PARAMS, constants.LEGACY_FUSION})
+    # A plain dict to DeepSpeed (no pydantic model refuses an extra key): a misspelled
+    # "params" would silently mean defaults.
+    checked(block, source, dict.fromkeys([constants.TYPE, constants.OPTIMIZER_PARAMS,
+                                          constants.LEGACY_FUSION]),
+            path="optimizer", like='{"type": "Lamb", "params": {"lr": 1e-3}}')
     kind = block.get("type")
     if not isinstance(kind, str) or not kind:
         raise ConfigError(f"{source}: optimizer.type must be an optimizer name such as "
-                          f"'Lamb', 'Adam' or 'AdamW', got {_show(kind)}")
+                          f"'Lamb', 'Adam' or 'AdamW', got {show(kind)}")
     params = block.get("params", {})
     if not isinstance(params, dict):
-        raise ConfigError(f"{source}: optimizer.params must be an object, got {_show(params)}")
+        raise ConfigError(f"{source}: optimizer.params must be an object, got {show(params)}")
     import torch
     from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
 
@@ -276,48 +266,45 @@ def _check_optimizer(block: Any, source: str) -> None:
                    [*DEEPSPEED_OPTIMIZERS, *_torch_classes(torch.optim, torch.optim.Optimizer),
                     *OUR_OPTIMIZERS.values()]}
         raise ConfigError(f"{source}: optimizer.type {kind!r} is not an optimizer DeepSpeed or "
-                          f"torch.optim knows{_did_you_mean(kind, spelled.values())}")
+                          f"torch.optim knows{did_you_mean(kind, spelled.values())}")
     if kind.lower() not in OUR_OPTIMIZERS:
         return  # DeepSpeed validates the optimizers we neither build nor configure
     path = "optimizer.params"
     if "lr" in params:
-        _require(source, f"{path}.lr", params["lr"], low=0, low_open=True)
+        check_value(source, f"{path}.lr", params["lr"], Rule(low=0, low_open=True))
     if "betas" in params:
         betas = params["betas"]
         if (not isinstance(betas, (list, tuple)) or len(betas) != 2
-                or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+                or not all(is_number(b) and 0 <= b < 1 for b in betas)):
             raise ConfigError(f"{source}: {path}.betas must be a list of two numbers in [0, 1) "
-                              f"like [0.9, 0.999], got {_show(betas)}")
+                              f"like [0.9, 0.999], got {show(betas)}")
     for name in ("eps", "weight_decay", "min_coeff"):
         if name in params:
-            _require(source, f"{path}.{name}", params[name], low=0)
+            check_value(source, f"{path}.{name}", params[name], Rule(low=0))
     if "max_coeff" in params:
-        _require(source, f"{path}.max_coeff", params["max_coeff"], low=0, low_open=True)
-        if _is_number(params.get("min_coeff")) and params["min_coeff"] > params["max_coeff"]:
+        check_value(source, f"{path}.max_coeff", params["max_coeff"], Rule(low=0, low_open=True))
+        if is_number(params.get("min_coeff")) and params["min_coeff"] > params["max_coeff"]:
             raise ConfigError(f"{source}: {path}.min_coeff {params['min_coeff']} exceeds "
                               f"{path}.max_coeff {params['max_coeff']}; expected min <= max")
     for name in ("bias_correction", "adam_w_mode", "amsgrad", "torch_adam"):
-        if name in params and not isinstance(params[name], bool):
-            raise ConfigError(f"{source}: {path}.{name} must be true or false, "
-                              f"got {_show(params[name])}")
+        if name in params:
+            check_value(source, f"{path}.{name}", params[name], BOOL)
 
 
 def _check_scheduler(block: Any, source: str) -> None:
     if block is None:
         return
-    if not isinstance(block, dict):
-        raise ConfigError(f"{source}: scheduler must be an object like "
-                          f'{{"type": "WarmupExpDecay", "params": {{...}}}}, got {_show(block)}')
     from deepspeed.runtime import constants
 
-    _check_block_keys(block, "scheduler", source, {constants.TYPE, constants.SCHEDULER_PARAMS})
+    checked(block, source, dict.fromkeys([constants.TYPE, constants.SCHEDULER_PARAMS]),
+            path="scheduler", like='{"type": "WarmupExpDecay", "params": {...}}')
     name = block.get("type")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{source}: scheduler.type must be a scheduler name such as "
-                          f"'WarmupExpDecay', got {_show(name)}")
+                          f"'WarmupExpDecay', got {show(name)}")
     params = block.get("params", {})
     if not isinstance(params, dict):
-        raise ConfigError(f"{source}: scheduler.params must be an object, got {_show(params)}")
+        raise ConfigError(f"{source}: scheduler.params must be an object, got {show(params)}")
     import torch
     from deepspeed.runtime import lr_schedules as deepspeed_schedules
 
@@ -332,22 +319,13 @@ def _check_scheduler(block: Any, source: str) -> None:
         candidates = [*SCHEDULES, *theirs]
         raise ConfigError(f"{source}: unknown scheduler type {name!r}; ours are "
                           f"{sorted(SCHEDULES)}, DeepSpeed's are {theirs}, and torch.optim."
-                          f"lr_scheduler's classes{_did_you_mean(name, candidates)}")
+                          f"lr_scheduler's classes{did_you_mean(name, candidates)}")
     for key, value in params.items():
         if key not in ranges:
             continue  # unknown or non-numeric parameters: ds_config / DeepSpeed say so
         if name not in SCHEDULES and (isinstance(value, (list, tuple)) or value is None):
             continue
-        _require(source, f"scheduler.params.{key}", value, **ranges[key])
-
-
-def _check_block_keys(block: dict, name: str, source: str, known: set) -> None:
-    """The optimizer and scheduler blocks are plain dicts to DeepSpeed (no pydantic model
-    refuses an extra key there): a misspelled "params" would silently mean defaults."""
-    unknown = [key for key in block if key not in known]
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {unknown[0]!r} in '{name}'"
-                          f"{_did_you_mean(unknown[0], known)}; it takes {sorted(known)}")
+        check_value(source, f"scheduler.params.{key}", value, ranges[key])
 
 
 def _check_zero(values: dict, source: str) -> None:
@@ -356,57 +334,17 @@ def _check_zero(values: dict, source: str) -> None:
         return
     if not isinstance(block, dict):
         raise ConfigError(f"{source}: zero_optimization must be an object like "
-                          f'{{"stage": 2}}, got {_show(block)}')
+                          f'{{"stage": 2}}, got {show(block)}')
     stage = block.get("stage", 0)
     if not isinstance(stage, int) or isinstance(stage, bool) or stage not in (0, 1, 2, 3):
         raise ConfigError(f"{source}: zero_optimization.stage must be 0, 1, 2 or 3, "
-                          f"got {_show(stage)}")
+                          f"got {show(stage)}")
     pld = values.get("progressive_layer_drop")
     if stage == 3 and isinstance(pld, dict) and pld.get("enabled") is True:
         raise ConfigError(f"{source}: {ZERO3_WITH_PLD}")
 
 
 # ------------------------------------------------------------------ helpers
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(source: str, path: str, value: Any, kind: str = "number", low=None, high=None,
-             low_open: bool = False, high_open: bool = False) -> None:
-    ok = _is_number(value) and math.isfinite(value) and (kind != "integer" or isinstance(value, int))
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if ok:
-        return
-    article = "an" if kind == "integer" else "a"
-    if high is not None:
-        expected = f"{article} {kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    elif kind == "integer" and low == 1 or kind == "number" and low == 0 and low_open:
-        expected = f"a positive {kind}"
-    elif low is not None:
-        expected = f"{article} {kind} {'>' if low_open else '>='} {low}"
-    else:
-        expected = f"a finite {kind}"
-    raise ConfigError(f"{source}: {path} must be {expected}, got {_show(value)}")
-
-
-def _show(value: Any) -> str:
-    """A value as the file wrote it; a string is called one, since '1e-3' looks numeric."""
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return repr(value)
-
-
 def _is_torch_class(module, name: str, base: type) -> bool:
     candidate = getattr(module, name, None)
     return isinstance(candidate, type) and issubclass(candidate, base)

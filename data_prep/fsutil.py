@@ -84,14 +84,6 @@ def read_plan(directory: Path, stage: str) -> dict:
     return read_json(path)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(obj) -> str:
     """A short stable hash of a JSON-able object, used to name work directories."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]

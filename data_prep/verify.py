@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bing_bert_pld.run.files import sha256_of
 from bing_bert_pld.shard_validation import DataError, Defect, Rules, check_shard, find_shard_set, resolve_rules
+from bing_bert_pld.tokenizer import CLS, MASK, PAD, SEP
 from data_prep.errors import DataPrepError
-from data_prep.fsutil import sha256_file
 from data_prep.instances import VOCAB_FILE
 from data_prep.parallel import run_parallel
-from data_prep.vocab import CLS, MASK, PAD, SEP, load_vocab
+from data_prep.vocab import load_vocab
 
 __all__ = ["Defect", "VerifyReport", "verify"]
 
@@ -73,7 +74,7 @@ def verify(path: Path, vocab: Path | None = None, vocab_size: int | None = None,
     manifest_dir = found.manifest_dir
     if vocab is None and manifest_dir is not None and (manifest_dir / VOCAB_FILE).exists():
         vocab = manifest_dir / VOCAB_FILE
-        if sha256_file(vocab) != found.vocab_sha256:
+        if sha256_of(vocab) != found.vocab_sha256:
             report.defects.append(Defect(VOCAB_FILE, None, "manifest", "vocab.txt does not match vocab_sha256"))
     special, mask_id, given_by = {}, None, "--vocab-size"
     if vocab is not None:

@@ -10,12 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bing_bert_pld.run.files import sha256_of
+from bing_bert_pld.tokenizer import CONTINUATION_PREFIX, PAD, SPECIAL_TOKENS
 from data_prep.errors import DataPrepError
-from data_prep.fsutil import sha256_file
-
-PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
-CONTINUATION_PREFIX = "##"
 
 
 @dataclass(frozen=True)
@@ -64,4 +61,4 @@ def load_vocab(path: Path) -> Vocab:
     if tokens[0] != PAD:
         raise DataPrepError(f"vocabulary {path}: [PAD] must be id 0 (shards are 0-padded), "
                             f"found at id {tokens.index(PAD)}")
-    return Vocab(path=path, tokens=tokens, sha256=sha256_file(path))
+    return Vocab(path=path, tokens=tokens, sha256=sha256_of(path))

@@ -166,15 +166,15 @@ BASE = json.loads((DS_CONFIGS / "bert_base_seq128_pld_fp16.json").read_text())
      "optimizer.type 'Lamb2' is not an optimizer DeepSpeed or torch.optim knows (did you mean 'Lamb'?)"),
     ({"scheduler": {"type": "WarmupNothing", "params": {}}}, 8, "unknown scheduler type 'WarmupNothing'"),
     ({"scheduler": {"type": "WarmupExpDecay", "params": {"warmup_proportion": 0.1}}}, 8,
-     "scheduler WarmupExpDecay: missing params"),
+     "missing keys 'total_steps', 'decay_rate', 'decay_steps' in 'scheduler.params' of WarmupExpDecay"),
     ({"progressive_layer_drop": {"enabled": True, "theta": 1.5, "gamma": 0.001}}, 8,
      "theta (theta_bar) must be in (0, 1]"),
-    ({"progressive_layer_drop": {"enabled": True, "theta": 0.5, "gama": 0.001}}, 8, "unknown key(s) ['gama']"),
+    ({"progressive_layer_drop": {"enabled": True, "theta": 0.5, "gama": 0.001}}, 8, "unknown key 'gama' (did you mean 'gamma'?) in 'progressive_layer_drop'"),
     ({"zero_optimization": {"stage": 1}}, 8, "LAMB with zero_optimization.stage 1 is refused"),
     ({"bf16": {"enabled": True}}, 8, "cannot be simultaneously enabled"),
     ({"sparse_attention": {"mode": "fixed"}}, 8, "Sparse Attention has been removed"),
     ({"optimizer": {"type": "Lamb", "params": {"lr": 1e-3, "betas2": [0.9, 0.99]}}}, 8,
-     "unknown params ['betas2']"),
+     "unknown key 'betas2' (did you mean 'betas'?) in 'optimizer.params' of Lamb"),
 ])
 def test_broken_configs_are_rejected_with_the_reason(capsys, tmp_path, change, world_size, message):
     path = tmp_path / "broken.json"

@@ -145,10 +145,10 @@ def test_blocks_deepspeed_removed_get_deepspeeds_reason(key, phrase):
     ({**GOOD, "optimizer": {"params": {"lr": 1e-3}}}, "optimizer.type must be an optimizer name"),
     ({**GOOD, "optimizer": "Lamb"}, "optimizer must be an object"),
     ({**GOOD, "optimizer": {"type": "Adam", "param": {"lr": 1e-3}}},
-     "unknown key 'param' in 'optimizer' (did you mean 'params'?); it takes ['legacy_fusion', "
+     "unknown key 'param' (did you mean 'params'?) in 'optimizer'; it takes ['legacy_fusion', "
      "'params', 'type']"),
     ({**GOOD, "scheduler": {"type": "WarmupLR", "parms": {"warmup_num_steps": 10}}},
-     "unknown key 'parms' in 'scheduler' (did you mean 'params'?); it takes ['params', 'type']"),
+     "unknown key 'parms' (did you mean 'params'?) in 'scheduler'; it takes ['params', 'type']"),
     (with_schedule(total_steps="1000"), "scheduler.params.total_steps must be a positive integer, "
                                         "got the string '1000'"),
     (with_schedule(total_steps=0), "scheduler.params.total_steps must be a positive integer, got 0"),

@@ -176,8 +176,22 @@ def test_pld_in_the_finetuning_config_is_refused(workspace):
     values.pop("progressive_layer_drop")
     values["glue"]["epochz"] = 3
     path.write_text(json.dumps(values))
-    with pytest.raises(ConfigError, match="epochz"):
+    with pytest.raises(ConfigError, match=r"pld.json: unknown key 'epochz' \(did you mean 'epochs'\?\) "
+                                          r"in 'glue'; it takes \['epochs', 'eval_batch_size', "):
         finetune.read_finetune_config(path, cuda_available=False)
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"epochs": 0}, "ft.json: glue.epochs must be a positive integer, got 0"),
+    ({"max_seq_length": "128"}, "ft.json: glue.max_seq_length must be a positive integer, got the string '128'"),
+    ({"log_every": True}, "ft.json: glue.log_every must be a positive integer, got true"),
+    ([3], "ft.json: glue must be an object, got [3]"),
+])
+def test_bad_glue_block_values_name_file_key_and_value(block, message):
+    with pytest.raises(ConfigError) as err:
+        finetune.FinetuneSettings.from_dict(block, "ft.json")
+    assert str(err.value) == message
+    assert finetune.FinetuneSettings.from_dict({"epochs": 2}, "ft.json").epochs == 2
 
 
 def test_shipped_config_reads():

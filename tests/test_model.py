@@ -1,6 +1,7 @@
 """The model: PLD gates, full-depth evaluation, checkpointing, attention and heads."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -235,11 +236,26 @@ def test_post_ln_variant_is_the_same_encoder_with_norms_moved():
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     bad = tmp_path / "model.json"
     bad.write_text('{"hidden_size": 64, "num_layers": 4}')
-    with pytest.raises(ConfigError, match=r"model.json.*unknown model config key\(s\) \['num_layers'\]"):
+    with pytest.raises(ConfigError, match=r"model.json: unknown key 'num_layers' \(did you mean "
+                                          r"'num_hidden_layers'\?\) in the model config; it takes \["):
         BertConfig.from_json(bad)
     bad.write_text('{"hidden_size": 65, "num_attention_heads": 4}')
     with pytest.raises(ConfigError, match="hidden_size 65 is not divisible"):
         BertConfig.from_json(bad)
+    for text, message in [
+            ('{"pre_layer_norm": "yes"}', "pre_layer_norm must be true or false, got the string 'yes'"),
+            ('{"hidden_dropout_prob": "0.1"}',
+             r"hidden_dropout_prob must be a number in \[0, 1\), got the string '0.1'"),
+            ('{"attention_probs_dropout_prob": 1.0}', r"attention_probs_dropout_prob must be a number in \[0, 1\), got 1.0"),
+            ('{"num_hidden_layers": 0}', "num_hidden_layers must be a positive integer, got 0"),
+            ('{"hidden_size": 768.0}', "hidden_size must be a positive integer, got 768.0"),
+            ('{"layer_norm_eps": 0}', "layer_norm_eps must be a positive number, got 0"),
+            ('{"pad_token_id": 30522}', "pad_token_id 30522 must be below vocab_size 30522")]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: {message}$"):
+            BertConfig.from_json(bad)
+    with pytest.raises(ConfigError, match="^num_attention_heads must be a positive integer, got 0$"):
+        BertConfig().replace(num_attention_heads=0)  # built in code: the same rules, no file
     bad.write_text('{"hidden_size": ')
     with pytest.raises(ConfigError, match="not valid JSON"):
         BertConfig.from_json(bad)

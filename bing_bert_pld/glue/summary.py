@@ -13,6 +13,7 @@ summary.json beside the runs unless --out says otherwise.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -22,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import cli
+from ..formatting import format_number
 from .data import TASKS, get_task
 from .finetune import RESULTS
 
@@ -66,25 +68,25 @@ def summarize(runs: list[dict]) -> dict:
             "average_over": list(counted)}
 
 
+# a score cell: percent with two decimals; "nan" where a seed or task has no score
+_score = functools.partial(format_number, spec=".2f", missing="nan")
+
+
 def to_markdown(summary: dict) -> str:
     lines = ["| task | metric | mean | std | n | per seed |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for row in summary["rows"]:
-        seeds = ", ".join(f"{seed}: {_fmt(value)}" for seed, value in row["seeds"].items())
-        lines.append(f"| {row['task']} | {row['metric']} | {_fmt(row['mean'])} | "
-                     f"{_fmt(row['std'])} | {len(row['seeds'])} | {seeds} |")
+        seeds = ", ".join(f"{seed}: {_score(value)}" for seed, value in row["seeds"].items())
+        lines.append(f"| {row['task']} | {row['metric']} | {_score(row['mean'])} | "
+                     f"{_score(row['std'])} | {len(row['seeds'])} | {seeds} |")
     lines.append("")
     lines.append("| task score | " + " | ".join(summary["task_scores"]) + " | average |")
     lines.append("| --- " * (len(summary["task_scores"]) + 2) + "|")
-    lines.append("| mean over seeds | " + " | ".join(_fmt(v) for v in summary["task_scores"].values())
-                 + f" | {_fmt(summary['average'])} |")
+    lines.append("| mean over seeds | " + " | ".join(_score(v) for v in summary["task_scores"].values())
+                 + f" | {_score(summary['average'])} |")
     lines.append("")
     lines.append(f"Average over {', '.join(summary['average_over']) or 'no task'} "
                  f"(WNLI excluded); values in percent.")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value: Optional[float]) -> str:
-    return "nan" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
