@@ -1,5 +1,4 @@
-"""Shared pieces of the benchmarks: device and precision flags, synthetic batches,
-timed training steps, and the MFU line.
+"""Shared pieces of the benchmarks: device and precision flags, synthetic batches, timed steps, MFU.
 
 Benchmarks print ratios measured in one process with interleaved repetitions, so that
 a machine's background load hits both sides alike. They are scripts, not tests.

@@ -1,4 +1,4 @@
-"""GPU-hours of a full two-phase BERT pretraining run, with and without PLD, from the FLOPs counts and an assumed MFU (an estimate).
+"""Estimate the GPU-hours of two-phase BERT pretraining, with and without PLD, from FLOPs and an MFU.
 
     python -m benchmarks.gpu_hours [--model-config bert-base] [--mfu 0.30 0.45] [--gpu A100 H100]
 

@@ -296,32 +296,37 @@ def pretrain_files(ctx: Context) -> tuple[Path, str]:
 
 
 def launch(ctx: Context, run: str, max_steps: int, label: str) -> dict:
+    # Here, not at the top: the environment step runs before the package's imports are known to work.
+    from bing_bert_pld.metrics_log import read_metrics
+    from bing_bert_pld.run import metric_names as names
+    from bing_bert_pld.run.layout import RunDir
+
     ds_path, model = pretrain_files(ctx)
     data_dir, output = ctx.work / "data", ctx.work / "runs" / run
     cmd = python("-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port",
                  str(free_port()), "--module", "bing_bert_pld.train",
                  "--deepspeed_config", str(ds_path), "--model_config", model,
                  "--train_dir", str(data_dir / "train"), "--val_dir", str(data_dir / "validation"),
-                 "--output_dir", str(output), "--max_seq_length", str(SEQ),
-                 "--max_predictions_per_seq", str(PRED), "--max_steps", str(max_steps),
+                 "--output_dir", str(output), "--max_steps", str(max_steps),
                  "--log_interval", "1", "--val_interval", str(10**6), "--val_batches", "4",
                  "--checkpoint_interval", str(10**6), "--vocab_file", str(ctx.corpus / "vocab.txt"),
                  "--seed", "42")
     done = ctx.command(cmd, label)
-    rows = read_metrics(output / "metrics.jsonl")
-    train = [row for row in rows if "train/loss" in row]  # validation writes rows of its own
-    losses = {row["step"]: row["train/loss"] for row in train}
+    rows = read_metrics(RunDir(output))
+    train = [row for row in rows if names.TRAIN_LOSS in row]  # validation writes rows of its own
+    losses = {row["step"]: row[names.TRAIN_LOSS] for row in train}
     result = {"deepspeed_config": json.loads(ds_path.read_text()), "model_config": model,
               "returncode": done.returncode, "seconds": round(done.seconds, 1),
               "last_step": max(losses, default=0), "losses": losses,
               "resumed": "resumed from" in done.output,
               "optimizer_route": grep(done.output, "optimizer route:"),
               "optimizer_fallback": grep(done.output, "optimizer fallback:"),
-              "samples_per_sec_median": median_of(train, "perf/samples_per_sec"),
-              "step_time_s_median": median_of(train, "perf/step_time_s"),
-              "final": {k: train[-1].get(k) for k in ("pld/theta", "pld/active_layers", "train/lr")}
+              "samples_per_sec_median": median_of(train, names.SAMPLES_PER_SEC),
+              "step_time_s_median": median_of(train, names.STEP_TIME),
+              "final": {k: train[-1].get(k) for k in (names.THETA, names.ACTIVE, names.LR)}
               if train else {},
-              "val_loss": next((row["val/loss"] for row in reversed(rows) if "val/loss" in row), None)}
+              "val_loss": next((row[names.VAL_LOSS] for row in reversed(rows) if names.VAL_LOSS in row),
+                               None)}
     finished = result["last_step"] >= max_steps
     crashed_after_work = done.returncode == 250 and LAUNCHER_EXIT_CRASH in done.output
     if done.timed_out or not finished or not (done.returncode == 0 or crashed_after_work):
@@ -329,12 +334,6 @@ def launch(ctx: Context, run: str, max_steps: int, label: str) -> dict:
         raise StepFailed(f"{label}: {why}, reached step {result['last_step']} of {max_steps}: "
                          f"{tail(done.output, 3)}", result | {"output_tail": tail(done.output)})
     return result
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def grep(text: str, marker: str) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""Live time-saved estimate vs a real baseline: is the PLD run's fitted full-depth step time what a full-depth run measures?
+"""Check the live time-saved estimate: a PLD run's fitted full-depth step time vs a full-depth run's.
 
     python -m benchmarks.live_time_saved --steps 600            # the check (about 15 min on 2 idle cores)
     python -m benchmarks.live_time_saved --steps 40 --data DIR  # plumbing only
@@ -36,7 +36,9 @@ import sys
 from pathlib import Path
 
 from bing_bert_pld import cli
+from bing_bert_pld.metrics_log import read_metrics
 from bing_bert_pld.run import metric_names as names
+from bing_bert_pld.run.layout import RunDir
 from bing_bert_pld.time_saved import SKIP_FIRST, WINDOW
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,16 +105,11 @@ def train(name: str, args, data: Path) -> Path:
     if status != 0:
         # The deepspeed launcher occasionally exits non-zero (250) after every rank has
         # finished (launch/quickstart.sh): the metrics say whether the run is complete.
-        steps = [r["step"] for r in read_metrics(out)] if (out / "metrics.jsonl").is_file() else []
+        steps = [r["step"] for r in read_metrics(RunDir(out))]
         if max(steps, default=0) < args.steps:
             raise SystemExit(f"the {name} run failed (status {status})")
         print(f"warning: the {name} run exited with status {status} after its last step")
     return out
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
 
 
 def per_sample_between(rows: list[dict], first_step: int) -> tuple[float, int, int]:
@@ -161,7 +158,7 @@ def main(argv=None) -> int:
     else:
         data = args.data if args.data is not None else build_data(args.out)
         runs = {name: train(name, args, data) for name in RUNS}  # PLD first, then the baseline
-    summary = summarize(read_metrics(runs["pld"]), read_metrics(runs["baseline"]))
+    summary = summarize(read_metrics(RunDir(runs["pld"])), read_metrics(RunDir(runs["baseline"])))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     measured = f"baseline, measured (steps {summary['baseline_steps'][0]}-{summary['baseline_steps'][1]}):"
     print(f"""

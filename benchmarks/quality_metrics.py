@@ -1,4 +1,4 @@
-"""The numbers of the time-to-quality benchmark, as pure functions: the unigram plateau and the time to a target loss.
+"""The time-to-quality numbers as pure functions: the unigram plateau, the time to a target loss.
 
 - Unigram plateau (bing_bert_pld/unigram.py, shared with the report): the MLM loss of
   a model that ignores the context and predicts every masked token from the corpus's

@@ -51,11 +51,14 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks import quality_metrics as qm
-from bing_bert_pld import cli, report
+from bing_bert_pld import cli
 from bing_bert_pld.config import read_json_object
+from bing_bert_pld.report.events import load_run
+from bing_bert_pld.report.numbers import on_axis, time_per_sample
+from bing_bert_pld.run.metric_names import SAMPLES, TRAIN_TIME, VAL_MLM_LOSS as VAL_MLM
+from bing_bert_pld.formatting import format_number
 
 REPO = Path(__file__).resolve().parents[1]
-VAL_MLM = "val/mlm_loss"
 ARMS = {  # name: (pre_layer_norm, "low"/"high" learning rate, PLD)
     "postln_baseline": (False, "low", False),
     "preln_baseline": (True, "high", False),
@@ -228,15 +231,15 @@ class Curve:
 
 def load_curve(args, arm: str, seed: int) -> Curve:
     name = run_name(arm, seed)
-    run = report.load_run(args.out / "runs" / name, name)
-    placed = report.on_axis(run, VAL_MLM, report.TRAIN_TIME)
-    by_samples = report.on_axis(run, VAL_MLM, report.SAMPLES)
+    run = load_run(args.out / "runs" / name, name)
+    placed = on_axis(run, VAL_MLM, TRAIN_TIME)
+    by_samples = on_axis(run, VAL_MLM, SAMPLES)
     if placed is None or by_samples is None:
-        raise SystemExit(f"{name}: no {VAL_MLM} or {report.TRAIN_TIME} in {run.path}")
-    train_time = run.get(report.TRAIN_TIME)
+        raise SystemExit(f"{name}: no {VAL_MLM} or {TRAIN_TIME} in {run.path}")
+    train_time = run.get(TRAIN_TIME)
     return Curve(name, arm, seed, placed[0].tolist(), by_samples[0].tolist(), placed[1].tolist(),
                  train_time.last_step, float(train_time.last),
-                 report.time_per_sample(run, report.TRAIN_TIME))
+                 time_per_sample(run, TRAIN_TIME))
 
 
 def summarize(curves: dict[tuple[str, int], Curve], plateau: qm.Plateau, seeds, arms) -> dict:
@@ -285,14 +288,6 @@ def post_ln_high_verdict(summary: dict, plateau: qm.Plateau) -> Optional[str]:
     return "Post-LN at the high lr: " + "; ".join(lines)
 
 
-def _fmt(value, spec=".2f", missing="not reached") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def _ratio(value) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def format_summary(summary: dict, verdict: Optional[str]) -> str:
     plateau = summary["plateau"]
     lines = [f"unigram plateau: {plateau['validation']:.4f} on validation (train entropy "
@@ -312,16 +307,16 @@ def format_summary(summary: dict, verdict: Optional[str]) -> str:
             tps = row["time_per_sample_s"]
             lines.append(
                 f"| {arm} | {row['final_val_mlm']:.4f} | {row['below_plateau_by']:.3f} | {row['steps']} "
-                f"| {row['train_time_s']:.1f} | {_fmt(None if tps is None else 1000 * tps, '.1f', '-')} "
-                f"| {_fmt(row.get('time_to_postln_s'), '.1f', '-' if 'time_to_postln_s' not in row else 'not reached')} "
-                f"| {_ratio(row.get('speedup_vs_postln'))} "
-                f"| {_fmt(row.get('time_to_preln_s'), '.1f', '-' if 'time_to_preln_s' not in row else 'not reached')} "
-                f"| {_ratio(row.get('speedup_vs_preln'))} |")
+                f"| {row['train_time_s']:.1f} | {format_number(None if tps is None else 1000 * tps, '.1f', '-')} "
+                f"| {format_number(row.get('time_to_postln_s'), '.1f', '-' if 'time_to_postln_s' not in row else 'not reached')} "
+                f"| {format_number(row.get('speedup_vs_postln'), '.2f', '-', 'x')} "
+                f"| {format_number(row.get('time_to_preln_s'), '.1f', '-' if 'time_to_preln_s' not in row else 'not reached')} "
+                f"| {format_number(row.get('speedup_vs_preln'), '.2f', '-', 'x')} |")
         lines.append("")
     lines.append("speedups over seeds (baseline time to its own final loss / run time): mean [min, max]")
     for key, s in summary["speedups"].items():
         lines.append(f"- {key}: " + ("never reached" if s["mean"] is None else
-                                     f"{_ratio(s['mean'])} [{s['min']:.2f}, {s['max']:.2f}]"))
+                                     f"{format_number(s['mean'], '.2f', '-', 'x')} [{s['min']:.2f}, {s['max']:.2f}]"))
     if verdict:
         lines += ["", verdict]
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from torch import nn
 from . import fused_ops, lr_schedules, shm_comm
 from .ds_config import TrainingSetup, fused_op_needed, optimizer_route
 from .metrics_log import LOG
+from .flops import LayerRuns
 from .pld import LayerGates, PLDSchedule, sample_gates
 
 
@@ -48,6 +49,24 @@ class GateStats:
     def reset_interval(self) -> None:
         self.micro_batches = 0
         self.active_layers = 0
+
+    def layer_runs(self) -> Optional[LayerRuns]:
+        """The run's totals as flops.LayerRuns (the last block run is the sparse one); None
+        before the first micro-batch."""
+        if self.total_micro_batches == 0:
+            return None
+        return LayerRuns.from_counts(self.total_micro_batches, self.total_active_layers,
+                                     self.total_empty_micro_batches)
+
+    def state_dict(self) -> dict[str, int]:
+        """The run's totals (the interval's restart at every log line)."""
+        return {"micro_batches": self.total_micro_batches, "active_layers": self.total_active_layers,
+                "empty_micro_batches": self.total_empty_micro_batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.total_micro_batches = int(state["micro_batches"])
+        self.total_active_layers = int(state["active_layers"])
+        self.total_empty_micro_batches = int(state["empty_micro_batches"])
 
 
 class PLDHook:

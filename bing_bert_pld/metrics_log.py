@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Mapping, Protocol
 
+from .run.layout import RunDir
+
 LOG = logging.getLogger("bing_bert_pld")
 
 
@@ -70,12 +72,18 @@ class FanOut:
             sink.close()
 
 
-def make_sink(global_rank: int, output_dir: Path) -> MetricsSink:
+def make_sink(global_rank: int, run_dir: RunDir) -> MetricsSink:
     if global_rank != 0:
         return NullSink()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return FanOut(TensorBoardSink(output_dir / "tensorboard"),
-                  JsonLinesSink(output_dir / "metrics.jsonl"))
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    return FanOut(TensorBoardSink(run_dir.tensorboard), JsonLinesSink(run_dir.metrics))
+
+
+def read_metrics(run_dir: RunDir) -> list[dict]:
+    """The rows JsonLinesSink wrote to a run's metrics.jsonl, in order; [] before the first."""
+    if not run_dir.metrics.is_file():
+        return []
+    return [json.loads(line) for line in run_dir.metrics.read_text().splitlines() if line.strip()]
 
 
 def setup_console_logging(global_rank: int) -> None:

@@ -3,8 +3,8 @@
 Compared: the DeepSpeed dict DeepSpeed received (less logging keys and what is compared
 on its own below), the effective optimizer (type and params, whether DeepSpeed or we build
 it), the LR schedule, PLD, the model configuration, the resolved batch sizes and world
-size, the seed, sequence length and predictions per sequence, the training data (shard
-names and rows, the manifest's sha256) and the vocabulary's sha256. Not compared: what
+size, the seed, sequence length and predictions per sequence (the data's, or an older
+checkpoint's command line), the training data (shard names and rows, the manifest's sha256) and the vocabulary's sha256. Not compared: what
 the command line owns for this launch only (output dir, stopping rule, intervals, loader
 threads, validation).
 
@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 
 from .run.checkpoint import Resumable
+from .run.config import sequence_shape
 from .ds_config import resolve_batch_sizes
 
 # DeepSpeed keys that change what is logged or profiled, not what is computed.
@@ -113,11 +114,13 @@ def view(run_config: dict, trainer_state: Optional[dict] = None) -> dict:
         "model": run_config.get("model_config", {}),
         "batch": {k: batch[k] for k in ("world_size", "train_micro_batch_size_per_gpu",
                                         "gradient_accumulation_steps", "train_batch_size")},
-        "run": {k: run.get(k) for k in ("seed", "max_seq_length", "max_predictions_per_seq")},
+        "run": {"seed": run.get("seed")},
+        "sequence": sequence_shape(run_config),
     }
-    for key in ("data", "vocab_sha256"):
-        if key in run_config:
-            result[key] = run_config[key]
+    if "data" in run_config:  # the shard set; its shape and vocabulary are compared above and below
+        result["data"] = {"train": run_config["data"].get("train")}
+    if "vocab_sha256" in run_config:
+        result["vocab_sha256"] = run_config["vocab_sha256"]
     return result
 
 

@@ -81,6 +81,8 @@ class ShardSetInfo:
     vocab_size: int
     vocab_sha256: Optional[str] = None  # from data_prep's manifest, when there is one
     manifest_sha256: Optional[str] = None  # of the manifest file's bytes; None without one
+    lowercase: Optional[bool] = None  # the manifest's; None without one (NVIDIA's shards)
+    manifest_dir: Optional[Path] = None  # where data_prep put manifest.json and vocab.txt
 
     @property
     def total_rows(self) -> int:
@@ -99,7 +101,8 @@ class ShardSetInfo:
 # ---------------------------------------------------------------- the trainer's entry points
 
 def validate_shard_set(path_or_glob: str | os.PathLike, seq_len: Optional[int], max_pred: Optional[int],
-                       vocab_size: int, *, check_values: bool = True) -> ShardSetInfo:
+                       vocab_size: int, *, check_values: bool = True,
+                       given_by: str = "the configuration") -> ShardSetInfo:
     """Check a directory (or glob, or single file) of shards; raise DataError at the first defect.
 
     seq_len / max_pred None: take them from the manifest, else from the shapes. The set
@@ -109,7 +112,7 @@ def validate_shard_set(path_or_glob: str | os.PathLike, seq_len: Optional[int], 
     """
     found = find_shard_set(path_or_glob)
     _raise_first(found.defects)
-    rules, defects = resolve_rules(found, seq_len, max_pred, vocab_size)
+    rules, defects = resolve_rules(found, seq_len, max_pred, vocab_size, given_by=given_by)
     _raise_first(defects)
     rows = []
     for path, listed in zip(found.files, found.listed_rows):
@@ -117,7 +120,7 @@ def validate_shard_set(path_or_glob: str | os.PathLike, seq_len: Optional[int], 
         _raise_first(report.defects)
         rows.append(report.rows)
     info = ShardSetInfo(found.files, tuple(rows), rules.seq_len, rules.max_pred, vocab_size,
-                        found.vocab_sha256, found.manifest_sha256)
+                        found.vocab_sha256, found.manifest_sha256, found.lowercase, found.manifest_dir)
     if check_values:
         scan_values(info, info.files)
     return info
@@ -180,6 +183,11 @@ class ShardSet:
     def vocab_sha256(self) -> Optional[str]:
         return next((m.data.get("vocab_sha256") for m in self.manifests
                      if m.finished and m.data.get("vocab_sha256") is not None), None)
+
+    @property
+    def lowercase(self) -> Optional[bool]:
+        return next((m.data.get("lowercase") for m in self.manifests
+                     if m.finished and isinstance(m.data.get("lowercase"), bool)), None)
 
     @property
     def manifest_sha256(self) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""DeepSpeed's shared-memory allreduce on CPU ranks: announce its one-time build, and leave no /dev/shm files behind.
+"""DeepSpeed's CPU shared-memory allreduce: announce its one-time build, leave no /dev/shm files behind.
 
 On CPU, `deepspeed.init_distributed` loads DeepSpeed's `deepspeed_shm_comm` op, JIT-compiling
 it into torch's extensions directory the first time on a machine (a minute or two, silent).

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import cli
+from .run.layout import RunDir
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-REGISTRY = "rank_pids"
 
 
 class StopRequest:
@@ -97,7 +97,7 @@ class Registration:
 
 
 def registry_dir(output_dir: Path) -> Path:
-    return Path(output_dir) / REGISTRY
+    return RunDir(Path(output_dir)).rank_pids
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The live estimate of the wall clock PLD saves: step time fitted against the layers run, extrapolated to full depth.
+"""Live estimate of the time PLD saves: step time fitted against the layers run, extrapolated to full depth.
 
 A PLD run never times a full-depth step of its own once theta has fallen, but it does
 run steps of many depths: its gates give each step its own number of encoder blocks.
@@ -126,9 +126,7 @@ class TimeSavedEstimator:
         self.steps_charged = 0
         self._current_layers = float(full_depth_layers)  # mean layers of the last charged steps
         if state:
-            self.time_saved_s = float(state["time_saved_s"])
-            self.full_depth_s = float(state["full_depth_s"])
-            self.steps_charged = int(state["steps_charged"])
+            self.load_state_dict(state)
 
     def observe(self, layers_total: int, seconds: float) -> None:
         """One step, given the counter of blocks run since step 0 (the step's own is the
@@ -173,4 +171,11 @@ class TimeSavedEstimator:
     def state_dict(self) -> dict:
         """What a resumed run continues from; the window is refitted after the resume."""
         return {"time_saved_s": self.time_saved_s, "full_depth_s": self.full_depth_s,
-                "steps_charged": self.steps_charged}
+                "steps_charged": self.steps_charged, "layers_total": self._layers_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.time_saved_s = float(state["time_saved_s"])
+        self.full_depth_s = float(state["full_depth_s"])
+        self.steps_charged = int(state["steps_charged"])
+        if "layers_total" in state:  # saved since the trainer's state became a set of parts
+            self._layers_total = int(state["layers_total"])

@@ -21,8 +21,6 @@ if __name__ == "__main__":
 
 import argparse
 import dataclasses
-import functools
-import hashlib
 import os
 import sys
 import time
@@ -34,21 +32,19 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
-from . import cli, flops, resume_config, run_options, stop_signal
-from .run import checkpoint
-from .config import BertConfig, ConfigError
+from . import cli, flops, preflight, progress, resume_config, run_options, stop_signal, train_state
+from .config import ConfigError
+from .data import PretrainingDataLoader
 from .divergence import EXIT_CODE as NON_FINITE_EXIT_CODE, NonFiniteError, StepLossCheck, \
     require_finite_weights
-from .ds_validation import missing_lr_schedule_warning
-from .data import PretrainingDataLoader
-from .shard_validation import DataError, scan_values, validate_shard_set
-from .ds_config import check_setup_against_model, resolve_batch_sizes
-from .engine import PLDHook, init_distributed, initialize_engine
-from .metrics_log import LOG, make_sink, setup_console_logging
+from .engine import PLDHook, initialize_engine
+from .metrics_log import LOG, make_sink
 from .model import BertForPreTraining, compile_layers_separately
 from .pld import expected_active_layers
-from . import progress
+from .run import checkpoint
 from .run import metric_names as names
+from .run.config import write_launch_config
+from .shard_validation import DataError
 from .time_saved import TimeSavedEstimator
 
 
@@ -69,17 +65,20 @@ class RunArgs:
         "training shards: data_prep's OUTPUT/train (or NVIDIA's HDF5 shards), checked before "
         "the engine is built")})
     output_dir: str = field(metadata={"metavar": "DIR", "help": (
-        "the run's directory: checkpoints/, tensorboard/, metrics.jsonl, run_config.json; a "
+        "the run's directory: checkpoints/, tensorboard/, metrics.jsonl, run_config.json, "
+        "vocab.txt (bing_bert_pld/run/layout.py); a "
         "new launch with the same directory resumes (--resume)")})
     val_dir: Optional[str] = field(default=None, metadata={"metavar": "DIR", "help": (
         "validation shards (data_prep's OUTPUT/validation); default: no validation")})
-    max_seq_length: int = field(default=128, metadata={"metavar": "TOKENS", "help": (
-        "tokens per sequence; must equal the shards' (128 for phase 1, 512 for phase 2)")})
-    max_predictions_per_seq: int = field(default=20, metadata={"metavar": "N", "help": (
-        "masked positions per sequence; must equal the shards' (20 for seq 128, 80 for seq 512)")})
+    max_seq_length: Optional[int] = field(default=None, metadata={"metavar": "TOKENS", "help": (
+        "tokens per sequence, checked against the shards (their manifest, else their shapes); "
+        "default: the shards' (128 for phase 1, 512 for phase 2 with data_prep's defaults)")})
+    max_predictions_per_seq: Optional[int] = field(default=None, metadata={"metavar": "N", "help": (
+        "masked positions per sequence, checked against the shards; default: the shards'")})
     max_steps: Optional[int] = field(default=None, metadata={"metavar": "STEPS", "help": (
-        "stop after this many optimizer steps. At least one of --max_steps, --max_samples, "
-        "--max_time_minutes is required; the first one reached stops the run (default: unset)")})
+        "stop after this many optimizer steps; the first of --max_steps, --max_samples and "
+        "--max_time_minutes reached stops the run. Default, when none of the three is given: "
+        "the LR schedule's total steps (the DeepSpeed JSON's scheduler)")})
     max_samples: Optional[int] = field(default=None, metadata={"metavar": "SAMPLES", "help": (
         "stop after this many sequences, all ranks together (default: unset)")})
     max_time_minutes: Optional[float] = field(default=None, metadata={"metavar": "MINUTES", "help": (
@@ -106,9 +105,9 @@ class RunArgs:
     init_keep_optimizer: bool = field(default=False, metadata={"help": (
         "with --init_from, also keep its optimizer state, LR schedule position and sample count")})
     vocab_file: Optional[str] = field(default=None, metadata={"metavar": "PATH", "help": (
-        "vocab.txt, checked against the shards' manifest (vocab_sha256) and recorded for "
-        "export and fine-tuning; default: TRAIN_DIR/../vocab.txt (where data_prep writes it), "
-        "if there is one")})
+        "vocab.txt, checked against the shards' manifest (vocab_sha256) and copied into the "
+        "run directory and every checkpoint for export and fine-tuning; default: the vocab.txt "
+        "data_prep wrote beside the shards, else the run directory's copy")})
     prefetch_batches: int = field(default=8, metadata={"metavar": "BATCHES", "help": (
         "micro-batches each rank reads ahead")})
     loader_workers: int = field(default=1, metadata={"metavar": "N", "help": (
@@ -155,142 +154,52 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> RunArgs:
     namespace = vars(parser.parse_args(argv))
     namespace.pop("local_rank")
     args = RunArgs(**namespace)
-    if args.max_steps is None and args.max_samples is None and args.max_time_minutes is None:
-        parser.error("give at least one of --max_steps, --max_samples, --max_time_minutes")
     return args
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class Trainer:
+    """The training loop over a checked launch plan (preflight.py): steps, logs,
+    validations and checkpoints, until a stopping rule or a signal ends it."""
+
     def __init__(self, args: RunArgs):
         self.args = args
-        self.output_dir = Path(args.output_dir)
-        self.checkpoint_root = self.output_dir / "checkpoints"
-        # Everything that can be wrong with the input is checked before the engine exists.
-        self.model_config = BertConfig.from_json(args.model_config)
-        cuda = torch.cuda.is_available()
-        self.setup = run_options.load_setup(args.deepspeed_config, cuda, args.lr_schedule,
-                                            args.lr_schedule_total_steps, args.precision)
-        check_setup_against_model(self.setup, self.model_config, args.model_config,
-                                  args.max_seq_length, fp16_on_this_cpu=not cuda)
-        init_distributed()
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        setup_console_logging(self.rank)
-        if warning := missing_lr_schedule_warning(self.setup):
-            LOG.info("warning: %s", warning)  # INFO: rank 0's level, so one line per run
-        resolve_batch_sizes(self.setup.deepspeed, self.world_size, args.deepspeed_config)
-        self.train_set = self._validate_data(args.train_dir, "train")
-        self.val_set = self._validate_data(args.val_dir, "validation") if args.val_dir else None
-        self._check_vocab()
-        self.resume_plan = self._check_resumable()  # before the engine: a refusal costs nothing
+        plan = self.plan = preflight.check(args)  # a refusal here costs no engine build
+        self.args = args = plan.args  # with the stopping rule it settled
+        self.model_config, self.setup = plan.model_config, plan.setup
+        self.rank, self.world_size = plan.rank, plan.world_size
+        self.run_dir, self.run_config = plan.run_dir, plan.run_config
+        self.checkpoint_root = plan.run_dir.checkpoints
+        if self.rank == 0:
+            write_launch_config(plan.run_dir, plan.run_config)
 
         torch.manual_seed(args.seed + self.rank)  # dropout differs per rank, gates do not
         self.engine = initialize_engine(BertForPreTraining(self.model_config), self.setup)
         self.pld = PLDHook(self.engine, self.setup.pld, args.seed) if self.setup.pld else None
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.accumulation = self.engine.gradient_accumulation_steps()
-        self.loader = PretrainingDataLoader(self.train_set, self.micro_batch, self.rank,
+        self.loader = PretrainingDataLoader(plan.train_set, self.micro_batch, self.rank,
                                             self.world_size, args.seed,
                                             prefetch_batches=args.prefetch_batches,
                                             num_workers=args.loader_workers)
-        self.sink = make_sink(self.rank, self.output_dir)
-        self.samples = 0
+        self.sink = make_sink(self.rank, self.run_dir)
         self.loss_check = StepLossCheck()
-        self.elapsed_before_launch = 0.0
-        self.train_seconds = 0.0  # time inside training steps, across resumes
+        self.progress = train_state.Progress()
+        # The live estimate of the wall clock PLD saves against full depth (time_saved.py).
+        self.time_saved = (TimeSavedEstimator(self.model_config.num_hidden_layers * self.accumulation)
+                           if self.pld is not None else None)
+        # Saved and restored as one set (train_state.py).
+        self.parts = {"progress": self.progress, "pld": self.pld.stats if self.pld else None,
+                      "loader": self.loader, "time_saved": self.time_saved}
         if args.compile_layers:
             compile_layers_separately(self.engine.module.bert.encoder.layer)
         self.stop_request = stop_signal.install()  # installed at process start in a rank
+        self.checkpointed: Optional[tuple[int, Path]] = None  # (step, directory) last saved or resumed
         self._restore()
-        self.launch_started = time.perf_counter()
-        self._start_live_estimates()
-
-    # ------------------------------------------------------------------ setup
-    def _validate_data(self, path: str, split: str):
-        """Structure on every rank (cheap); the value scan split across ranks (it reads
-        every id once). Every rank's verdict is shared, so all stop with the same error
-        even when only some of them see a problem (a rank-local file system)."""
-        info, error = None, None
-        try:
-            info = validate_shard_set(path, self.args.max_seq_length,
-                                      self.args.max_predictions_per_seq,
-                                      self.model_config.vocab_size, check_values=False)
-            scan_values(info, info.files[self.rank::self.world_size])
-        except DataError as err:
-            error = str(err)
-        errors = [None] * self.world_size
-        dist.all_gather_object(errors, error)
-        found = [e for e in errors if e is not None]
-        if found:
-            raise DataError(f"{split} data: {found[0]}")
-        return info
-
-    def _check_vocab(self) -> None:
-        """--vocab_file, or the vocab.txt data_prep wrote beside the shards; checked against
-        the manifest's vocab_sha256 and recorded in run_config.json, so that export and
-        fine-tuning tokenize as pretraining did."""
-        if self.args.vocab_file is None:
-            beside_shards = Path(self.args.train_dir).parent / "vocab.txt"
-            vocab, option = (beside_shards if beside_shards.is_file() else None), "vocab.txt beside the shards"
-        else:
-            vocab, option = Path(self.args.vocab_file), "--vocab_file"
-            if not vocab.is_file():
-                raise ConfigError(f"--vocab_file {vocab} does not exist")
-        self.vocab_file = vocab.resolve() if vocab is not None else None
-        recorded = self.train_set.vocab_sha256
-        if vocab is not None and recorded and recorded != sha256_of(vocab):
-            raise ConfigError(f"{option} {vocab} is not the vocabulary the shards were made "
-                              f"with (their manifest's vocab_sha256 is {recorded})")
-
-    @functools.cached_property
-    def vocab_sha256(self) -> Optional[str]:
-        return sha256_of(self.vocab_file) if self.vocab_file else None
-
-    def run_config(self) -> dict:
-        """The resolved configuration: recorded with every checkpoint, compared on resume
-        (resume_config.py), read by export and fine-tuning (model_config, vocab_file)."""
-        return {"model_config": self.model_config.to_dict(), "run": dataclasses.asdict(self.args),
-                "deepspeed_setup": self.setup.summary(), "world_size": self.world_size,
-                "batch": resolve_batch_sizes(self.setup.deepspeed, self.world_size),
-                "vocab_file": str(self.vocab_file) if self.vocab_file else None,
-                "vocab_sha256": self.vocab_sha256, "data": {"train": self.train_set.identity()}}
-
-    def _check_resumable(self) -> Optional[resume_config.ResumePlan]:
-        """The checkpoint to resume from (the newest whole one, checkpoint.find_resumable)
-        and what this launch's configuration changes against it: refused unless
-        --allow_config_change allows it, and refused always where it cannot work."""
-        if self.args.resume != "auto":
-            return None
-        found = checkpoint.find_resumable(self.checkpoint_root)
-        if found is None:
-            return None
-        if found.note:
-            LOG.info("warning: %s", found.note)  # INFO: rank 0's level, so one line per run
-        if "data" not in found.run_config:
-            LOG.info("note: %s records no data identity (written by an older version): the "
-                     "training data is not compared with it", found.directory / checkpoint.RUN_CONFIG)
-        changes = resume_config.differences(found.run_config, found.trainer_state, self.run_config())
-        fixed = [d for d in changes if d.fixed_reason]
-        if fixed:
-            raise ConfigError(
-                f"cannot resume from {found.directory}: {resume_config.listing(fixed, True)}. "
-                f"Resume with the checkpoint's settings, or start a new run from its weights "
-                f"with --init_from {found.directory}")
-        if changes and not self.args.allow_config_change:
-            raise ConfigError(
-                f"cannot resume from {found.directory}: the configuration differs from the "
-                f"checkpoint's: {resume_config.listing(changes)}. Resume with the checkpoint's "
-                "configuration, or pass --allow_config_change to continue with the new one "
-                "(recorded in trainer_state.json's history)")
-        return resume_config.ResumePlan(found, changes)
+        self.progress.start_launch()
+        self.pace = progress.Pace(self.step, self.elapsed())  # for the ETA: this launch's pace
 
     def _restore(self) -> None:
-        self.history: list[dict] = []  # trainer_state.json's: allowed changes, fallbacks
-        self.checkpointed: Optional[tuple[int, Path]] = None  # (step, directory) last saved or resumed
-        plan = self.resume_plan
+        plan = self.plan.resume
         if plan is not None:
             found = plan.checkpoint
             fresh = resume_config.snapshot_hyperparameters(self.engine.optimizer)
@@ -298,24 +207,16 @@ class Trainer:
                                          load_optimizer_states=not plan.fresh_optimizer)
             if plan.changes_optimizer_values:
                 resume_config.apply_hyperparameters(self.engine, fresh)
-            self.loader.load_state_dict(rank_state["loader"])
+            train_state.restore(self.parts, found.trainer_state)
+            self.loader.load_state_dict(rank_state["loader"])  # this rank's, not rank 0's
             checkpoint.restore_rng_state(rank_state["rng"])
-            state = found.trainer_state
-            self.samples = state["samples"]
-            self.elapsed_before_launch = state["elapsed_s"]
-            # Checkpoints from before train_time_s was kept: their elapsed time.
-            self.train_seconds = state.get("train_time_s", state["elapsed_s"])
-            if self.pld is not None:
-                self.pld.stats.total_micro_batches = state["pld_micro_batches"]
-                self.pld.stats.total_active_layers = state["pld_active_layers"]
-                self.pld.stats.total_empty_micro_batches = state.get("pld_empty_micro_batches", 0)
-            self.history = list(state.get("history", []))
+            history = self.progress.history
             if found.note:
-                self.history.append({"step": self.step, "event": "fallback", "note": found.note})
+                history.append({"step": self.step, "event": "fallback", "note": found.note})
             if plan.changes:
-                self.history.append({"step": self.step, "event": "config_change",
-                                     "changes": [str(d) for d in plan.changes],
-                                     "fresh_optimizer_state": plan.fresh_optimizer})
+                history.append({"step": self.step, "event": "config_change",
+                                "changes": [str(d) for d in plan.changes],
+                                "fresh_optimizer_state": plan.fresh_optimizer})
                 LOG.info("warning: resuming with a changed configuration (--allow_config_change): "
                          "%s%s", resume_config.listing(plan.changes),
                          "; the optimizer type changed, so its state starts fresh (moments and "
@@ -327,7 +228,7 @@ class Trainer:
             state = checkpoint.load_weights_only(self.engine, Path(self.args.init_from),
                                                  self.args.init_keep_optimizer)
             if self.args.init_keep_optimizer:
-                self.samples = state.get("samples", 0)
+                self.progress.samples = state.get("samples", 0)
             LOG.info("initialized from %s (optimizer and schedule %s)", self.args.init_from,
                      "kept" if self.args.init_keep_optimizer else "reset")
 
@@ -336,8 +237,12 @@ class Trainer:
     def step(self) -> int:
         return self.engine.global_steps
 
+    @property
+    def samples(self) -> int:
+        return self.progress.samples
+
     def elapsed(self) -> float:
-        return self.elapsed_before_launch + time.perf_counter() - self.launch_started
+        return self.progress.elapsed()
 
     def theta(self) -> float:
         return self.pld.theta if self.pld is not None else 1.0
@@ -359,7 +264,7 @@ class Trainer:
             self.engine.backward(output.loss)
             self.engine.step()
             totals += torch.stack([getattr(output, key).detach().float() for key in LOSS_KEYS])
-        self.samples += self.engine.train_batch_size()
+        self.progress.samples += self.engine.train_batch_size()
         get_accelerator().synchronize()
         losses = totals / self.accumulation
         self.loss_check(losses, self.engine.skipped_steps > skipped_before, self.step,
@@ -398,21 +303,21 @@ class Trainer:
             started = time.perf_counter()
             losses = self.train_step()
             seconds = time.perf_counter() - started
-            self.train_seconds += seconds
+            self.progress.train_seconds += seconds
             interval.add(losses, seconds, theta)
             if self.time_saved is not None:  # the blocks this step ran: the counter's increase
                 self.time_saved.observe(self.pld.stats.total_active_layers, seconds)
             if self.step % args.log_interval == 0:
                 self._log_training(interval)
                 interval = _Interval()
-            if self.val_set is not None and self.step % args.val_interval == 0:
+            if self.plan.val_set is not None and self.step % args.val_interval == 0:
                 self.validate()
             if self.step % args.checkpoint_interval == 0:
                 self.save()
             reason = self.should_stop()
         if interval.steps:
             self._log_training(interval)
-        if self.val_set is not None and self.step % args.val_interval != 0:
+        if self.plan.val_set is not None and self.step % args.val_interval != 0:
             self.validate()
         self.save()  # not written again when this step is checkpointed already
         LOG.info("stopped at step %d (%s), %d samples, %.1f s", self.step, reason,
@@ -420,19 +325,6 @@ class Trainer:
         self.loader.close()
         self.sink.close()
         return reason
-
-    def _start_live_estimates(self) -> None:
-        """The pace for the ETA (from this launch's first step) and, with PLD, the live
-        estimate of the time saved against full depth (time_saved.py), continued from the
-        checkpoint resumed."""
-        self.pace = progress.Pace(self.step, self.elapsed())
-        self.time_saved: Optional[TimeSavedEstimator] = None
-        if self.pld is not None:
-            resumed = self.resume_plan.checkpoint.trainer_state if self.resume_plan else {}
-            self.time_saved = TimeSavedEstimator(
-                self.model_config.num_hidden_layers * self.accumulation,
-                layers_total=self.pld.stats.total_active_layers,
-                state=resumed.get("time_saved"))
 
     def _log_training(self, interval: "_Interval") -> None:
         means = interval.losses.double() / interval.steps
@@ -450,11 +342,11 @@ class Trainer:
             names.THETA: interval.theta_sum / interval.steps,
             names.EXPECTED_ACTIVE: expected_active_layers(interval.theta_sum / interval.steps, layers),
             names.ACTIVE: active,
-            names.SKIPPED_FRAC: self._flops_skipped(),
+            names.SKIPPED_FRAC: self.flops_skipped(),
             names.SAMPLES_PER_SEC: self.engine.train_batch_size() / step_time,
             names.STEP_TIME: step_time,
             names.ELAPSED: elapsed,
-            names.TRAIN_TIME: self.train_seconds,
+            names.TRAIN_TIME: self.progress.train_seconds,
         })
         saved = self.time_saved.update() if self.time_saved is not None else None
         if saved is not None:
@@ -477,22 +369,19 @@ class Trainer:
             line += f" | {eta}"
         LOG.info("%s", line)
 
-    def _flops_skipped(self) -> float:
-        # Exact over the whole run: the layers each micro-batch ran, the last of them
-        # sparse (see flops.LayerRuns), against the same micro-batches at full depth.
-        if self.pld is None or self.pld.stats.total_micro_batches == 0:
+    def flops_skipped(self) -> float:
+        """Exact over the whole run, from the gates drawn (flops.LayerRuns)."""
+        runs = self.pld.stats.layer_runs() if self.pld is not None else None
+        if runs is None:
             return 0.0
-        stats = self.pld.stats
-        runs = flops.LayerRuns.from_counts(stats.total_micro_batches, stats.total_active_layers,
-                                           stats.total_empty_micro_batches)
-        return flops.encoder_flops_skipped_fraction(
-            self.model_config, self.args.max_seq_length, self.args.max_predictions_per_seq, runs)
+        return flops.encoder_flops_skipped_fraction(self.model_config, self.plan.seq_len,
+                                                    self.plan.max_pred, runs)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """MLM loss/accuracy and NSP accuracy over the validation set, full depth."""
         self.engine.eval()
-        loader = PretrainingDataLoader(self.val_set, self.micro_batch, self.rank, self.world_size,
+        loader = PretrainingDataLoader(self.plan.val_set, self.micro_batch, self.rank, self.world_size,
                                        seed=0, drop_last=True, prefetch_batches=2)
         batches = loader.batches_per_epoch
         if self.args.val_batches:
@@ -509,12 +398,12 @@ class Trainer:
         sums = sums.cpu()
         self.engine.train()
         mlm_loss, nsp_loss = sums[0] / sums[2], sums[3] / sums[5]
-        values = {"val/mlm_loss": float(mlm_loss), "val/mlm_acc": float(sums[1] / sums[2]),
-                  "val/nsp_loss": float(nsp_loss), "val/nsp_acc": float(sums[4] / sums[5]),
-                  "val/loss": float(mlm_loss + nsp_loss)}
+        values = {names.VAL_MLM_LOSS: float(mlm_loss), names.VAL_MLM_ACC: float(sums[1] / sums[2]),
+                  names.VAL_NSP_LOSS: float(nsp_loss), names.VAL_NSP_ACC: float(sums[4] / sums[5]),
+                  names.VAL_LOSS: float(mlm_loss + nsp_loss)}
         self.sink.scalars(self.step, values)
         LOG.info("validation at step %d | mlm loss %.4f acc %.4f | nsp acc %.4f", self.step,
-                 values["val/mlm_loss"], values["val/mlm_acc"], values["val/nsp_acc"])
+                 values[names.VAL_MLM_LOSS], values[names.VAL_MLM_ACC], values[names.VAL_NSP_ACC])
         return values
 
     def save(self) -> Path:
@@ -527,23 +416,12 @@ class Trainer:
                      self.checkpointed[1])
             return self.checkpointed[1]
         require_finite_weights(self.engine.module, self.step, self.engine.device)
-        stats = self.pld.stats if self.pld else None
-        trainer_state = {
-            "step": self.step, "samples": self.samples, "elapsed_s": self.elapsed(),
-            "train_time_s": self.train_seconds,
-            "world_size": self.world_size, "micro_batch": self.micro_batch,
-            "theta": self.theta(),
-            "pld_micro_batches": stats.total_micro_batches if stats else 0,
-            "pld_active_layers": stats.total_active_layers if stats else 0,
-            "pld_empty_micro_batches": stats.total_empty_micro_batches if stats else 0,
-            "loader": self.loader.state_dict(),
-            "history": self.history,
-            "time_saved": self.time_saved.state_dict() if self.time_saved is not None else None,
-        }
+        state = train_state.trainer_state(self.parts, step=self.step, world_size=self.world_size,
+                                          micro_batch=self.micro_batch, theta=self.theta())
         rank_state = {"format": checkpoint.RANK_STATE_FORMAT, "loader": self.loader.state_dict(),
                       "rng": checkpoint.rng_state()}
-        directory = checkpoint.save(self.engine, self.checkpoint_root, self.step, trainer_state,
-                                    rank_state, self.run_config())
+        directory = checkpoint.save(self.engine, self.checkpoint_root, self.step, state,
+                                    rank_state, self.run_config, vocab=self.plan.vocab_file)
         self.checkpointed = (self.step, directory)
         LOG.info("checkpoint %s", directory)
         return directory

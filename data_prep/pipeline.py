@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bing_bert_pld.tokenizer import SPECIAL_TOKENS
 from data_prep import manifest as manifest_io
 from data_prep.cleaning import CleaningConfig
 from data_prep.errors import DataPrepError
@@ -26,7 +27,7 @@ from data_prep.shards import ShardConfig, run_shards
 from data_prep.sources import SourceSpec, check_sources, check_text_files, list_files
 from data_prep.tokenizer import train_vocab
 from data_prep.verify import VerifyReport, verify
-from data_prep.vocab import SPECIAL_TOKENS, load_vocab
+from data_prep.vocab import load_vocab
 
 log = logging.getLogger(__name__)
 

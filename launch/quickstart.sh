@@ -87,21 +87,19 @@ else
     touch "$WORK_DIR/data_seq128.complete"
 fi
 
-# Training seconds in a run's latest checkpoint (0 without one).
+# Training seconds in a run's latest checkpoint (0 without one), as bing_bert_pld.run reads
+# the run directory.
 trained_seconds() {
-    "$PYTHON" - "$1/checkpoints" <<'EOF'
-import json, sys
-from pathlib import Path
-root = Path(sys.argv[1])
-latest = root / "latest"
-print(json.loads((root / latest.read_text().strip() / "trainer_state.json").read_text())["elapsed_s"]
-      if latest.is_file() else 0)
-EOF
+    if [[ -d "$1" ]]; then
+        "$PYTHON" -m bing_bert_pld.run info "$1" --get elapsed_s
+    else
+        echo 0
+    fi
 }
 
 budget_used() {
-    "$PYTHON" -c 'import sys; sys.exit(float(sys.argv[1]) < 60 * float(sys.argv[2]))' \
-        "$(trained_seconds "$1")" "$QUICKSTART_MINUTES"
+    awk -v seconds="$(trained_seconds "$1")" -v minutes="$QUICKSTART_MINUTES" \
+        'BEGIN { exit !(seconds >= 60 * minutes) }'
 }
 
 # train_run NAME DS_CONFIG: skipped when an earlier run already used its time budget.
@@ -114,8 +112,7 @@ train_run() {
     CHILD_OUTPUT_DIR="$out"
     run_forwarding_stop signal_child_script \
         env OUTPUT_DIR="$out" DS_CONFIG="$config" MODEL_CONFIG="$QUICKSTART_MODEL" \
-        bash "$REPO_DIR/launch/train_one_node.sh" --max_seq_length 128 --max_predictions_per_seq 20 \
-        --max_time_minutes "$QUICKSTART_MINUTES" --vocab_file "$DATA_DIR/vocab.txt" \
+        bash "$REPO_DIR/launch/train_one_node.sh" --max_time_minutes "$QUICKSTART_MINUTES" \
         --log_interval 5 --val_interval 50 --val_batches 5 || status=$?
     if [[ -n "$STOP_SIGNAL" ]]; then
         echo "stopped (SIG$STOP_SIGNAL) during the $name run; run launch/quickstart.sh again to continue"
@@ -134,29 +131,11 @@ train_run pld "$REPO_DIR/ds_configs/cpu_small_pld.json"
 train_run baseline "$REPO_DIR/ds_configs/cpu_small_baseline.json"
 
 step "5/5 comparison"
+# --print_comparison ends the summary with each run's time per sample and the time PLD saved.
 report=("$PYTHON" -m bing_bert_pld.report "$RUNS_DIR/pld" "$RUNS_DIR/baseline" --baseline baseline
-        --out "$RUNS_DIR/report")
+        --out "$RUNS_DIR/report" --print_comparison)
 print_cmd "${report[@]}"
 "${report[@]}"
-"$PYTHON" - "$RUNS_DIR/report/summary.json" <<'EOF'
-import json, sys
-summary = json.load(open(sys.argv[1]))
-runs = {run["name"]: run for run in summary["runs"]}
-pld, base = runs["pld"], runs["baseline"]
-print()
-for run in (pld, base):
-    print(f"time per sample, {run['name']:>8}: {1000 * run['time_per_sample_s']:.2f} ms "
-          f"({run['samples']:.0f} samples in {run['elapsed_s']:.0f} s)")
-saved_ms = 1000 * (base["time_per_sample_s"] - pld["time_per_sample_s"])
-skipped = f"encoder FLOPs skipped: {100 * pld['encoder_flops_skipped_frac']:.1f}%"
-if saved_ms >= 0:
-    print(f"PLD saved {saved_ms:.2f} ms per sample ({pld['time_saving_pct']:.1f}% of the "
-          f"baseline's time per sample); {skipped}")
-else:
-    print(f"PLD saved no time here: {-saved_ms:.2f} ms per sample slower "
-          f"({-pld['time_saving_pct']:.1f}%); {skipped}. Timings on a busy machine are noisy: "
-          "compare runs made on an idle one, or train longer (QUICKSTART_MINUTES).")
-EOF
 echo "TensorBoard logs: $RUNS_DIR/pld/tensorboard and $RUNS_DIR/baseline/tensorboard"
 echo "  tensorboard --logdir $RUNS_DIR"
 echo "plots and summary: $RUNS_DIR/report"

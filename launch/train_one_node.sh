@@ -17,8 +17,8 @@
 #   PYTHON        interpreter that checks the package [python]
 #   DRY_RUN=1     print the command and exit
 # Every argument is passed to bing_bert_pld.train (see `python -m bing_bert_pld.train
-# --help`): give a stopping rule (--max_steps, --max_samples or --max_time_minutes) and,
-# for other sequence lengths, --max_seq_length / --max_predictions_per_seq.
+# --help`). The sequence length and masked positions come from the shards; without
+# --max_steps, --max_samples or --max_time_minutes the run stops where its LR schedule ends.
 #
 # SIGUSR1, SIGTERM or SIGINT to this script (or to its process group; or
 # `bash launch/stop.sh OUTPUT_DIR`): every rank saves a checkpoint at the next step

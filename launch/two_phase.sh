@@ -23,11 +23,12 @@
 #   PHASE1_DS_CONFIG  [ds_configs/bert_base_seq128_pld_bf16.json / ds_configs/cpu_small_pld.json]
 #   PHASE2_DS_CONFIG  [ds_configs/bert_base_seq512_pld_bf16.json / ds_configs/cpu_small_pld.json]
 #   MODEL_CONFIG      [bert-base / bert-small]
-#   PHASE1_SEQ_LEN [128], PHASE1_MAX_PRED [20], PHASE2_SEQ_LEN [512], PHASE2_MAX_PRED [80]
 #   PHASE2_KEEP_OPTIMIZER  0 or 1 [0]
 #   LAUNCH_SCRIPT     runs each phase [launch/train_one_node.sh]; launch/train_multi_node.sh
 #                     takes the same variables (plus HOSTFILE)
-# Every argument is passed to bing_bert_pld.train in both phases.
+# Every argument is passed to bing_bert_pld.train in both phases. Each phase's sequence
+# length and masked positions per sequence are its shards' (their manifest, else their
+# shapes): nothing here repeats them.
 #
 # SIGUSR1, SIGTERM or SIGINT to this script (or to its process group; or
 # `bash launch/stop.sh OUTPUT_DIR`): the running phase saves a checkpoint and stops, the
@@ -47,10 +48,6 @@ else
     PHASE2_DS_CONFIG="${PHASE2_DS_CONFIG:-$REPO_DIR/ds_configs/cpu_small_pld.json}"
     MODEL_CONFIG="${MODEL_CONFIG:-bert-small}"
 fi
-PHASE1_SEQ_LEN="${PHASE1_SEQ_LEN:-128}"
-PHASE1_MAX_PRED="${PHASE1_MAX_PRED:-20}"
-PHASE2_SEQ_LEN="${PHASE2_SEQ_LEN:-512}"
-PHASE2_MAX_PRED="${PHASE2_MAX_PRED:-80}"
 PHASE2_KEEP_OPTIMIZER="${PHASE2_KEEP_OPTIMIZER:-0}"
 LAUNCH_SCRIPT="${LAUNCH_SCRIPT:-$REPO_DIR/launch/train_one_node.sh}"
 
@@ -74,15 +71,14 @@ PHASE1_DIR="$OUTPUT_DIR/phase1"
 PHASE2_DIR="$OUTPUT_DIR/phase2"
 claim_output_dir "$OUTPUT_DIR"
 
-# The optimizer step of a run's latest checkpoint, 0 without one.
+# The optimizer step of a run's latest checkpoint, 0 without one (bing_bert_pld.run reads
+# the run directory; nothing here knows its layout).
 checkpoint_step() {
-    local root="$1/checkpoints"
-    if [[ ! -f "$root/latest" ]]; then
+    if [[ ! -d "$1" ]]; then
         echo 0
         return
     fi
-    "${PYTHON:-python}" -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' \
-        "$root/$(cat "$root/latest")/trainer_state.json"
+    "${PYTHON:-python}" -m bing_bert_pld.run info "$1" --get step
 }
 
 # run_phase N DATA_DIR OUTPUT_DIR DS_CONFIG TRAINER_ARGS...
@@ -102,7 +98,6 @@ if [[ "$phase1_step" -ge "$PHASE1_MAX_STEPS" ]]; then
 else
     status=0
     run_phase 1 "$PHASE1_DATA_DIR" "$PHASE1_DIR" "$PHASE1_DS_CONFIG" \
-        --max_seq_length "$PHASE1_SEQ_LEN" --max_predictions_per_seq "$PHASE1_MAX_PRED" \
         --max_steps "$PHASE1_MAX_STEPS" "$@" || status=$?
     phase1_step="$(checkpoint_step "$PHASE1_DIR")"
     if [[ "$phase1_step" -lt "$PHASE1_MAX_STEPS" ]]; then
@@ -120,8 +115,7 @@ else
     fi
 fi
 
-phase2_args=(--max_seq_length "$PHASE2_SEQ_LEN" --max_predictions_per_seq "$PHASE2_MAX_PRED"
-             --init_from "$PHASE1_DIR/checkpoints")
+phase2_args=(--init_from "$PHASE1_DIR/checkpoints")
 if [[ "$PHASE2_KEEP_OPTIMIZER" == 1 ]]; then
     phase2_args+=(--init_keep_optimizer --max_steps "$((phase1_step + PHASE2_MAX_STEPS))")
 else

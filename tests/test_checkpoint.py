@@ -342,12 +342,12 @@ def save_in_the_old_format(trainer: train.Trainer) -> Path:
     torch.save({"loader": trainer.loader.state_dict(), "rng": rng}, root / tag / "rank0_state.pt")
     stats = trainer.pld.stats
     state = {"step": trainer.step, "samples": trainer.samples, "elapsed_s": trainer.elapsed(),
-             "train_time_s": trainer.train_seconds, "world_size": 1, "micro_batch": 8,
+             "train_time_s": trainer.progress.train_seconds, "world_size": 1, "micro_batch": 8,
              "theta": trainer.theta(), "pld_micro_batches": stats.total_micro_batches,
              "pld_active_layers": stats.total_active_layers,
              "pld_empty_micro_batches": stats.total_empty_micro_batches,
              "loader": trainer.loader.state_dict()}
-    run_config = {k: v for k, v in trainer.run_config().items()
+    run_config = {k: v for k, v in trainer.run_config.items()
                   if k in ("model_config", "run", "deepspeed_setup", "world_size", "vocab_file")}
     (root / tag / "trainer_state.json").write_text(json.dumps(state, indent=2))
     (root / tag / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str))
@@ -454,7 +454,7 @@ def test_what_the_run_owns_and_a_moved_data_set_are_not_differences(tmp_path, la
     moved = copy_run(data, tmp_path / "moved")
     trainer = make_trainer(out, moved, LAMB, max_steps=50, log_interval=7, checkpoint_interval=9,
                            val_batches=3, prefetch_batches=2)
-    assert trainer.step == 2 and trainer.history == []
+    assert trainer.step == 2 and trainer.progress.history == []
     trainer.loader.close()
 
 
@@ -479,7 +479,7 @@ def test_lamb_to_adamw_when_allowed_starts_a_fresh_optimizer_state(tmp_path, lam
                                  "changes": ['optimizer.type: "lamb" -> "adamw"'],
                                  "fresh_optimizer_state": True}]
     recorded = json.loads((root / "global_step4" / "run_config.json").read_text())
-    assert resume_config.differences(recorded, saved, trainer.run_config()) == []
+    assert resume_config.differences(recorded, saved, trainer.run_config) == []
 
 
 def test_an_allowed_learning_rate_and_weight_decay_take_effect(tmp_path, lamb_out, data):
@@ -491,6 +491,6 @@ def test_an_allowed_learning_rate_and_weight_decay_take_effect(tmp_path, lamb_ou
     assert [g["lr"] for g in groups] == pytest.approx([2e-3 * factor] * 2, rel=1e-12)
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0]  # no decay on biases and norms
     assert trainer.engine.optimizer.state  # LAMB's moments were loaded, not reset
-    assert trainer.history[-1]["changes"] == ["optimizer.params.lr: 0.001 -> 0.002",
+    assert trainer.progress.history[-1]["changes"] == ["optimizer.params.lr: 0.001 -> 0.002",
                                               "optimizer.params.weight_decay: 0.01 -> 0.05"]
     trainer.loader.close()

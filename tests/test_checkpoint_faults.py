@@ -1,7 +1,7 @@
 """A real 2-rank run (the deepspeed launcher, `--module bing_bert_pld.train`) stopped on a
 checkpoint step, killed during its final save, relaunched: it matches the uninterrupted run.
 
-The faults come from checkpoint.py's test hook (BBP_TEST_FAULT_IN_SAVE), which makes each
+The faults come from run/checkpoint.py's test hook (BBP_TEST_FAULT_IN_SAVE), which makes each
 rank signal itself inside a save, after its files are written and before publication:
 1. straight: 6 steps, a checkpoint every 2.
 2. "4:USR1,4:KILL": the stop request arrives during the save of step 4, a checkpoint step.

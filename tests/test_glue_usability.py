@@ -13,9 +13,10 @@ import torch
 
 from bing_bert_pld.ds_config import read_json, resolve_batch_sizes
 from bing_bert_pld.glue import finetune
-from bing_bert_pld.glue.data import build_tokenizer, encode, get_task, read_split
+from bing_bert_pld.glue.data import encode, get_task, read_split
 from bing_bert_pld.glue.model import BertForSequenceClassification
 from bing_bert_pld.glue.saved_model import load_finetuned, save_finetuned
+from bing_bert_pld.tokenizer import build_bert_tokenizer
 from tests.test_glue_finetune import write_config, write_mnli, write_sst2, write_stsb
 from tests.test_glue_pretrained import (distributed, make_checkpoint,  # noqa: F401
                                         perturbed_model, tiny_config, write_vocab)
@@ -88,7 +89,7 @@ def test_overrides_progress_saved_model_and_predictions(workspace, capsys):
     # Our loader: the saved model predicts exactly what the file says.
     saved = load_finetuned(out / "model")
     assert saved.task.name == "SST-2" and saved.lowercase is True and saved.max_seq_length == 32
-    tokenizer = build_tokenizer(saved.vocab_path, saved.lowercase, saved.max_seq_length)
+    tokenizer = build_bert_tokenizer(saved.vocab_path, saved.lowercase, saved.max_seq_length)
     dev = encode(read_split(workspace / "GLUE", saved.task, "dev"), tokenizer, saved.task, 0)
     with torch.no_grad():
         logits = saved.model(dev.collate(list(range(len(dev))))).logits
@@ -123,7 +124,7 @@ def test_saved_model_loads_in_transformers_with_our_outputs(tmp_path, pre_layer_
         write_stsb(tmp_path / "GLUE", random.Random(2), sizes=(4, 6))
     dev_split = spec.dev_splits[0]
     examples = read_split(tmp_path / "GLUE", spec, dev_split)
-    ours = encode(examples, build_tokenizer(vocab, True, 32), spec, 0)
+    ours = encode(examples, build_bert_tokenizer(vocab, True, 32), spec, 0)
     with torch.no_grad():
         our_logits = model(ours.collate(list(range(len(ours))))).logits
 

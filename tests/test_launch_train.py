@@ -277,9 +277,7 @@ def test_two_phase_runs_phase2_from_phase1_at_a_longer_sequence(tmp_path):
     env = launch_env(PHASE1_DATA_DIR=str(shard_set(tmp_path / "seq64", 64, 10)),
                      PHASE2_DATA_DIR=str(shard_set(tmp_path / "seq128", 128, 20)),
                      OUTPUT_DIR=str(out), PHASE1_MAX_STEPS="3", PHASE2_MAX_STEPS="2",
-                     PHASE1_DS_CONFIG=str(config), PHASE2_DS_CONFIG=str(config),
-                     PHASE1_SEQ_LEN="64", PHASE1_MAX_PRED="10",
-                     PHASE2_SEQ_LEN="128", PHASE2_MAX_PRED="20")
+                     PHASE1_DS_CONFIG=str(config), PHASE2_DS_CONFIG=str(config))
     result = subprocess.run(["bash", str(REPO / "launch/two_phase.sh"), "--log_interval", "1",
                              "--val_batches", "2"], env=env, capture_output=True, text=True,
                             cwd=tmp_path, timeout=2 * LAUNCH_TIMEOUT)
@@ -293,10 +291,12 @@ def test_two_phase_runs_phase2_from_phase1_at_a_longer_sequence(tmp_path):
         root = run_dir / "checkpoints"
         return json.loads((root / (root / "latest").read_text().strip() / "run_config.json").read_text())
 
-    first, second = run_config(phase1)["run"], run_config(phase2)["run"]
-    assert (first["max_seq_length"], first["max_predictions_per_seq"]) == (64, 10)
-    assert (second["max_seq_length"], second["max_predictions_per_seq"]) == (128, 20)
-    assert second["init_from"] == f"{phase1}/checkpoints"
+    first, second = run_config(phase1), run_config(phase2)
+    # The script states no sequence length: each phase took its shards'.
+    assert (first["run"]["max_seq_length"], second["run"]["max_predictions_per_seq"]) == (None, None)
+    assert (first["data"]["seq_len"], first["data"]["max_pred"]) == (64, 10)
+    assert (second["data"]["seq_len"], second["data"]["max_pred"]) == (128, 20)
+    assert second["run"]["init_from"] == f"{phase1}/checkpoints"
     assert trainer_state(phase1)["step"] == 3
     assert trainer_state(phase2)["step"] == 2  # optimizer and schedule reset: steps restart
     assert [row["step"] for row in training_rows(phase2)] == [1, 2]

@@ -70,7 +70,8 @@ def test_estimator_charges_each_update_with_its_fit():
                                 names.SPEEDUP: second.speedup,
                                 names.FULL_DEPTH_STEP_TIME: second.full_depth_step_time_s}
     assert est.state_dict() == {"time_saved_s": second.time_saved_s,
-                                "full_depth_s": pytest.approx(6 * full), "steps_charged": 6}
+                                "full_depth_s": pytest.approx(6 * full), "steps_charged": 6,
+                                "layers_total": 0}  # only observe() follows the counter
 
 
 def test_window_follows_a_load_change():
@@ -96,8 +97,11 @@ def test_counter_observations_and_resume_state():
     est.observe(106, line(2))  # 2 blocks
     saved = est.update()
     assert saved.time_saved_s == pytest.approx(2 * B)
-    resumed = TimeSavedEstimator(full_depth_layers=4, state=est.state_dict())
+    resumed = TimeSavedEstimator(full_depth_layers=4, skip_first=0, min_steps=2, state=est.state_dict())
     assert resumed.time_saved_s == saved.time_saved_s and resumed.steps_charged == 2
+    resumed.observe(109, line(3))  # the counter continues from the saved one: 3 blocks
+    resumed.observe(110, line(1))
+    assert resumed.update().time_saved_s == pytest.approx(saved.time_saved_s + 4 * B)
 
 
 def test_a_slope_that_is_not_positive_gives_no_estimate():

@@ -10,6 +10,7 @@ import pytest
 
 from bing_bert_pld import train
 from bing_bert_pld.run import checkpoint, layout
+from bing_bert_pld.run.files import sha256_of
 from bing_bert_pld.engine import init_distributed
 from shard_factory import make_arrays, write_shard, write_shard_set
 
@@ -71,7 +72,8 @@ def test_unknown_model_config_key(tmp_path, data, capsys):
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"vocab_size": VOCAB, "hidden_layers": 2}))
     code, err = run_main(argv(tmp_path, data, model_config=model), capsys)
-    assert code == 2 and "unknown model config key(s) ['hidden_layers']" in err and "model.json" in err
+    assert code == 2 and f"{model}: unknown key 'hidden_layers' (did you mean 'num_hidden_layers'?) " \
+        "in the model config" in err
 
 
 def test_missing_shards(tmp_path, data, capsys):
@@ -142,7 +144,7 @@ def test_stops_at_max_samples(tmp_path, data):
 def test_stops_at_the_wall_clock_budget_counting_earlier_launches(tmp_path, data):
     trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=1000,
                                                   max_time_minutes=2)))
-    trainer.elapsed_before_launch = 120.0  # as if resumed from a run that used the budget
+    trainer.progress.elapsed_before_launch = 120.0  # as if resumed from a run that used the budget
     assert trainer.train() == "time budget"
     assert trainer.step == 0
 
@@ -178,12 +180,18 @@ def test_vocabulary_beside_the_shards_is_recorded_and_a_different_one_refused(tm
     vocab = data / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello"]) + "\n")
     manifest = json.loads((data / "manifest.json").read_text())
-    manifest["vocab_sha256"] = train.sha256_of(vocab)
+    manifest["vocab_sha256"] = sha256_of(vocab)
     (data / "manifest.json").write_text(json.dumps(manifest))
 
     trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=1)))
-    assert trainer.run_config()["vocab_file"] == str(vocab.resolve())
-    trainer.loader.close()
+    assert trainer.run_config["vocab_file"] == "vocab.txt"  # the run's own copy, by name
+    assert trainer.run_config["vocab_sha256"] == manifest["vocab_sha256"]
+    trainer.train()
+    run = tmp_path / "run"
+    assert (run / "vocab.txt").read_bytes() == vocab.read_bytes()
+    assert (run / "checkpoints" / "global_step1" / "vocab.txt").read_bytes() == vocab.read_bytes()
+    listed = json.loads((run / "checkpoints" / "global_step1" / "manifest.json").read_text())["files"]
+    assert listed["vocab.txt"]["sha256"] == manifest["vocab_sha256"]
 
     other = tmp_path / "other_vocab.txt"
     other.write_text("[PAD]\n[UNK]\n")

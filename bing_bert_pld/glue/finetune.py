@@ -59,8 +59,11 @@ from ..ds_config import (TrainingSetup, build_training_setup, check_setup_agains
 from ..engine import init_distributed, initialize_engine
 from ..lr_schedules import SCHEDULES
 from ..metrics_log import LOG, make_sink, setup_console_logging
+from ..run.layout import RunDir
 from ..run.pretrained import CheckpointError, read_pretrained
-from .data import GlueDataset, build_tokenizer, check_task_files, encode, get_task, read_split
+from ..strict_dict import POSITIVE_INT, checked
+from ..tokenizer import build_bert_tokenizer
+from .data import GlueDataset, check_task_files, encode, get_task, read_split
 from .metrics import compute_metrics, predictions_from_logits
 from .model import BertForSequenceClassification
 from .saved_model import is_finetuned_dir, save_finetuned
@@ -147,18 +150,8 @@ class FinetuneSettings:
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "FinetuneSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown} in '{GLUE_KEY}'; "
-                              f"known keys are {sorted(known)}")
-        settings = cls(**values)
-        for name in known:
-            value = getattr(settings, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{source}: {GLUE_KEY}.{name} must be a positive integer, "
-                                  f"got {value!r}")
-        return settings
+        rules = {f.name: POSITIVE_INT for f in dataclasses.fields(cls)}
+        return cls(**checked(values, source, rules, path=GLUE_KEY))
 
 
 def read_finetune_config(path: str | Path, cuda_available: bool,
@@ -324,7 +317,7 @@ class Finetuner:
         self.loader = torch.utils.data.DataLoader(
             self.train_set, batch_size=micro, sampler=self.sampler,
             collate_fn=self.train_set.collate)
-        self.sink = make_sink(self.rank, self.output_dir)
+        self.sink = make_sink(self.rank, RunDir(self.output_dir))  # the same tensorboard/, metrics.jsonl
         self.predictions: dict[str, np.ndarray] = {}  # per dev set, from the last evaluation
         if self.rank == 0:
             _write_json(self.output_dir / SETTINGS, self.resolved_settings())
@@ -361,7 +354,7 @@ class Finetuner:
             raise ConfigError(f"{pretrained.source} does not record whether the pretraining text "
                               "was lowercased: pass --lowercase or --cased")
         self.vocab, self.lowercase = vocab, lowercase
-        tokenizer = build_tokenizer(vocab, lowercase, self.settings.max_seq_length)
+        tokenizer = build_bert_tokenizer(vocab, lowercase, self.settings.max_seq_length)
         pad_id = self.model_config.pad_token_id
         if tokenizer.token_to_id("[PAD]") != pad_id:
             raise ConfigError(f"{vocab}: [PAD] has id {tokenizer.token_to_id('[PAD]')}, the model's "

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from .files import atomic_write_text, file_digest, fsync_dir, read_json_object, write_synced
-from .layout import (LATEST, MANIFEST, MODEL_STATES_GLOB, RUN_CONFIG, SAVING_PREFIX, TRAINER_STATE,
+from .layout import (LATEST, MANIFEST, MODEL_STATES_GLOB, RUN_CONFIG, SAVING_PREFIX, TRAINER_STATE, VOCAB,
                      CheckpointError, UnsafeCheckpointError, free_tag, published_tags, rank_state_name,
                      read_latest)
 from .safe_load import safe_load
@@ -125,8 +125,9 @@ def read_rank_state(directory: Path, rank: int) -> dict:
 # ------------------------------------------------------------------ save
 
 def save(engine, root: Path, step: int, trainer_state: dict, rank_state: dict,
-         run_config: dict) -> Path:
-    """Collective: every rank calls it. Returns the published checkpoint directory."""
+         run_config: dict, vocab: Optional[Path] = None) -> Path:
+    """Collective: every rank calls it. Returns the published checkpoint directory, which
+    holds a copy of `vocab` (rank 0's file) when one is given."""
     writer = _verified_writer(engine)
     rank, world = dist.get_rank(), dist.get_world_size()
     names: list = [None, None]
@@ -163,7 +164,7 @@ def save(engine, root: Path, step: int, trainer_state: dict, rank_state: dict,
     if rank == 0:
         try:
             merged = {name: d for report in reports for name, d in report["files"].items()}
-            _publish(root, staging, tag, merged, step, world, trainer_state, run_config)
+            _publish(root, staging, tag, merged, step, world, trainer_state, run_config, vocab)
         except OSError as err:
             outcome = [f"{type(err).__name__}: {err}"]
     dist.broadcast_object_list(outcome, src=0)
@@ -173,7 +174,9 @@ def save(engine, root: Path, step: int, trainer_state: dict, rank_state: dict,
 
 
 def _publish(root: Path, staging: Path, tag: str, files: dict[str, dict], step: int,
-             world: int, trainer_state: dict, run_config: dict) -> None:
+             world: int, trainer_state: dict, run_config: dict, vocab: Optional[Path]) -> None:
+    if vocab is not None:
+        shutil.copyfile(vocab, staging / VOCAB)  # hashed with the other unsaved files below
     files[TRAINER_STATE] = write_synced(staging / TRAINER_STATE, json.dumps(trainer_state, indent=2))
     files[RUN_CONFIG] = write_synced(staging / RUN_CONFIG,
                                       json.dumps(run_config, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""The names of the scalars the trainer logs: one home for the writer (train.py) and the readers (report.py, benchmarks).
+"""The names of the scalars the trainer logs, for its writer and every reader.
 
 Each name is the TensorBoard tag and the metrics.jsonl key. Units are in the name's
 suffix: _s seconds, _frac a fraction in [0, 1], per_sec a rate.

@@ -13,10 +13,12 @@ DeepSpeed checkpoint is read from `<tag>/mp_rank_00_model_states.pt` (key "modul
 except when ZeRO optimizer shards are present (`*zero_pp_rank_*_optim_states.pt`): then
 DeepSpeed's zero_to_fp32 reassembles the fp32 master weights, which is the only way
 under ZeRO-3 and the exact weights under ZeRO-1/2 with bf16/fp16 (the module copy is
-rounded to 16 bits there). The model configuration and the vocabulary are read from
-`<tag>/run_config.json`, which the trainer writes with every checkpoint.
+rounded to 16 bits there). The model configuration comes from `<tag>/run_config.json`,
+which the trainer writes with every checkpoint; the vocabulary is the checkpoint's own
+`vocab.txt`, else the run directory's, else the path an older checkpoint recorded
+(run.config.vocab_of), so a run directory that moved keeps its tokenizer.
 
-The checkpoint layout is checkpoint.py's: `latest` must name a tag directory inside the
+The checkpoint layout is run.layout's and run.checkpoint's: `latest` must name a tag directory inside the
 root, a checkpoint with a manifest is verified against it (sizes and sha256) before
 anything is read, and every .pt file is read weights-only (run.safe_load), also
 before DeepSpeed's zero_to_fp32 opens it with a plain torch.load.
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from .config import lowercase_of, vocab_of
 from .layout import LATEST, MODEL_STATES, RUN_CONFIG, ZERO_OPTIM_GLOB, CheckpointError
 from .safe_load import safe_load
 from ..config import BertConfig
@@ -90,9 +93,12 @@ def read_pretrained(path: str | Path) -> Pretrained:
         raise CheckpointError(f"{path}: not a directory (expected a DeepSpeed checkpoint "
                               "directory or a directory exported with bing_bert_pld.hf_export)")
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        from ..hf_export import import_hf  # transformers and safetensors only when needed
+        from ..hf_adapter import import_hf  # transformers and safetensors only when needed
 
-        return import_hf(path)
+        imported = import_hf(path)
+        return Pretrained(config=imported.config, state_dict=imported.state_dict,
+                          vocab_path=imported.vocab_path, lowercase=imported.lowercase,
+                          source=str(path), run_config=imported.meta)
     return _read_deepspeed(resolve_tag_dir(path))
 
 
@@ -112,9 +118,9 @@ def _read_deepspeed(tag_dir: Path) -> Pretrained:
         raise CheckpointError(f"{run_config_path} has no 'model_config'")
     config = BertConfig.from_dict(run_config["model_config"], source=f"{run_config_path}:model_config")
     state_dict = _deepspeed_weights(tag_dir)
-    vocab_path = _resolve_vocab(run_config.get("vocab_file"), tag_dir)
+    vocab_path = vocab_of(run_config, tag_dir)
     return Pretrained(config=config, state_dict=state_dict, vocab_path=vocab_path,
-                      lowercase=_recorded_lowercase(run_config, vocab_path),
+                      lowercase=lowercase_of(run_config, vocab_path),
                       source=str(tag_dir), run_config=run_config)
 
 
@@ -135,36 +141,6 @@ def _deepspeed_weights(tag_dir: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{states_path} holds no 'module' weights")
     return {name: tensor.detach().to(torch.float32) if tensor.is_floating_point() else tensor
             for name, tensor in state_dict.items()}
-
-
-def _resolve_vocab(recorded: Optional[str], tag_dir: Path) -> Optional[Path]:
-    if not recorded:
-        return None
-    for candidate in (Path(recorded), tag_dir / recorded):
-        if candidate.is_file():
-            return candidate.resolve()
-    logger.warning("vocab file %s recorded in %s/%s was not found", recorded, tag_dir, RUN_CONFIG)
-    return None
-
-
-def _recorded_lowercase(run_config: dict, vocab_path: Optional[Path]) -> Optional[bool]:
-    """run_config's `lowercase`, else that of the data manifest (data_prep's layout puts
-    manifest.json beside vocab.txt and one level above the train/ shards)."""
-    for key in ("lowercase", "do_lower_case"):
-        if isinstance(run_config.get(key), bool):
-            return run_config[key]
-    manifests = []
-    if vocab_path is not None:
-        manifests.append(vocab_path.parent / "manifest.json")
-    train_dir = (run_config.get("run") or {}).get("train_dir")
-    if train_dir:
-        manifests.append(Path(train_dir).parent / "manifest.json")
-    for manifest in manifests:
-        if manifest.is_file():
-            value = json.loads(manifest.read_text()).get("lowercase")
-            if isinstance(value, bool):
-                return value
-    return None
 
 
 def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -1,4 +1,4 @@
-"""Loading .pt files without running pickled code: torch.load(weights_only=True), with DeepSpeed's few record types allowed by name.
+"""Loading .pt files without running pickled code, DeepSpeed's few record types allowed by name.
 
 DeepSpeed's ZeRO optimizer files pickle three small DeepSpeed classes
 (`_deepspeed_safe_globals`), allowed for those loads only; rank files from before the

@@ -17,8 +17,9 @@ import h5py
 import numpy as np
 import pytest
 
+from bing_bert_pld.run.files import sha256_of
 from data_prep.cleaning import CleaningConfig, clean_document
-from data_prep.fsutil import sha256_file, write_json
+from data_prep.fsutil import write_json
 from data_prep.manifest import IN_PROGRESS_NAME, REQUEST_KEYS
 from data_prep.shard_writer import write_shard
 from data_prep.splitting import split_sentences
@@ -49,7 +50,7 @@ def _check_manifest_counts(out: Path, manifest: dict) -> None:
             assert sum(entry["sources"].values()) == entry["rows"]
             with h5py.File(out / split / entry["name"]) as f:
                 assert f["input_ids"].shape == (entry["rows"], manifest["seq_len"])
-    assert sha256_file(out / "vocab.txt") == manifest["vocab_sha256"]
+    assert sha256_of(out / "vocab.txt") == manifest["vocab_sha256"]
 
 
 def test_wikipedia_end_to_end_from_xml(wiki_run, wiki_xml):
