@@ -380,3 +380,20 @@ def test_docstring_rule_rejects_each_bad_form():
     for source, expected in bad.items():
         problem = docstring_problem("pkg.data_loader", source)
         assert problem is not None and expected in problem, (source, problem)
+
+
+def test_no_shell_script_reads_a_run_directory_with_inline_python():
+    """The scripts ask `python -m bing_bert_pld.run info` what a run holds; inline Python that
+    opens checkpoint files would be a second reader of the layout."""
+    launch = Path(__file__).resolve().parents[1] / "launch"
+    scripts = sorted(launch.glob("*.sh")) + sorted(launch.glob("*.sbatch"))
+    assert len(scripts) >= 8
+    offending = []
+    for script in scripts:
+        text = script.read_text()
+        if re.search(r"python\S*\"?\s+-\s", text) or re.search(r"<<-?\s*'?(PY|EOF|PYTHON)'?", text):
+            offending.append(f"{script.name}: a Python heredoc")
+        for snippet in re.findall(r"-c\s+(['\"])(.*?)\1", text, flags=re.S):
+            if re.search(r"json|checkpoint|latest|trainer_state|run_config|manifest", snippet[1]):
+                offending.append(f"{script.name}: python -c {snippet[1][:60]!r}")
+    assert not offending, offending
