@@ -243,18 +243,10 @@ def _check_optimizer(block: Any, source: str) -> None:
         return
     from deepspeed.runtime import constants
 
-    # A plain dict to DeepSpeed (no pydantic model refuses an extra key): a misspelled
-    # "params" would silently mean defaults.
-    checked(block, source, dict.fromkeys([constants.TYPE, constants.OPTIMIZER_PARAMS,
-                                          constants.LEGACY_FUSION]),
-            path="optimizer", like='{"type": "Lamb", "params": {"lr": 1e-3}}')
-    kind = block.get("type")
-    if not isinstance(kind, str) or not kind:
-        raise ConfigError(f"{source}: optimizer.type must be an optimizer name such as "
-                          f"'Lamb', 'Adam' or 'AdamW', got {show(kind)}")
-    params = block.get("params", {})
-    if not isinstance(params, dict):
-        raise ConfigError(f"{source}: optimizer.params must be an object, got {show(params)}")
+    kind, params = _type_and_params(
+        block, source, "optimizer", [constants.TYPE, constants.OPTIMIZER_PARAMS, constants.LEGACY_FUSION],
+        like='{"type": "Lamb", "params": {"lr": 1e-3}}',
+        type_like="an optimizer name such as 'Lamb', 'Adam' or 'AdamW'")
     import torch
     from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
 
@@ -296,15 +288,10 @@ def _check_scheduler(block: Any, source: str) -> None:
         return
     from deepspeed.runtime import constants
 
-    checked(block, source, dict.fromkeys([constants.TYPE, constants.SCHEDULER_PARAMS]),
-            path="scheduler", like='{"type": "WarmupExpDecay", "params": {...}}')
-    name = block.get("type")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: scheduler.type must be a scheduler name such as "
-                          f"'WarmupExpDecay', got {show(name)}")
-    params = block.get("params", {})
-    if not isinstance(params, dict):
-        raise ConfigError(f"{source}: scheduler.params must be an object, got {show(params)}")
+    name, params = _type_and_params(
+        block, source, "scheduler", [constants.TYPE, constants.SCHEDULER_PARAMS],
+        like='{"type": "WarmupExpDecay", "params": {...}}',
+        type_like="a scheduler name such as 'WarmupExpDecay'")
     import torch
     from deepspeed.runtime import lr_schedules as deepspeed_schedules
 
@@ -326,6 +313,21 @@ def _check_scheduler(block: Any, source: str) -> None:
         if name not in SCHEDULES and (isinstance(value, (list, tuple)) or value is None):
             continue
         check_value(source, f"scheduler.params.{key}", value, ranges[key])
+
+
+def _type_and_params(block: Any, source: str, path: str, keys: list[str], like: str,
+                     type_like: str) -> tuple[str, dict]:
+    """The `type` and `params` of a {"type": NAME, "params": {...}} block (optimizer,
+    scheduler), once checked. DeepSpeed reads these as plain dicts (no pydantic model refuses
+    an extra key): a misspelled "params" would silently mean defaults."""
+    checked(block, source, dict.fromkeys(keys), path=path, like=like)
+    kind = block.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ConfigError(f"{source}: {path}.type must be {type_like}, got {show(kind)}")
+    params = block.get("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: {path}.params must be an object, got {show(params)}")
+    return kind, params
 
 
 def _check_zero(values: dict, source: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,8 @@ from .run.config import data_facts, find_vocab, keep_vocab_copy
 from .run.files import sha256_of
 from .run.layout import RUN_CONFIG, RunDir
 from .shard_validation import DataError, ShardSetInfo, scan_values, validate_shard_set
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -82,19 +84,16 @@ def check(args) -> LaunchPlan:
         val_set = _validate_on_all_ranks(args.val_dir, "validation", train_set.seq_len,
                                          train_set.max_pred, model_config, rank, world_size,
                                          given_by=f"the training shards ({args.train_dir})")
-    vocab = _checked_vocab(args, train_set, run_dir, rank)
+    vocab, vocab_sha256 = _on_every_rank(lambda: _checked_vocab(args, train_set, run_dir), world_size)
 
     run_config = {"model_config": model_config.to_dict(), "run": dataclasses.asdict(args),
                   "deepspeed_setup": setup.summary(), "world_size": world_size, "batch": batch,
                   "vocab_file": vocab.name if vocab else None,
-                  "vocab_sha256": sha256_of(vocab) if vocab else None,
+                  "vocab_sha256": vocab_sha256,
                   "data": data_facts(train_set)}
     resume = _resume_plan(args, run_dir, run_config)
     if vocab is not None:  # only once the launch is accepted: a refused one changes nothing
-        if rank == 0:  # so that export and fine-tuning tokenize as pretraining did
-            keep_vocab_copy(vocab, run_dir)
-        dist.barrier()
-        vocab = run_dir.vocab
+        vocab = _copy_vocab_into_run(vocab, run_dir, rank)
     return LaunchPlan(args, run_dir, model_config, setup, rank, world_size, train_set, val_set,
                       vocab, run_config, resume)
 
@@ -128,24 +127,37 @@ def _validate_on_all_ranks(path: str, split: str, seq_len: Optional[int], max_pr
                            model_config: BertConfig, rank: int, world_size: int,
                            given_by: str) -> ShardSetInfo:
     """Structure on every rank (cheap); the value scan split across ranks (it reads every
-    id once). Every rank's verdict is shared, so all stop with the same error even when
-    only some of them see a problem (a rank-local file system)."""
-    info, error = None, None
+    id once)."""
+    def check() -> ShardSetInfo:
+        try:
+            info = validate_shard_set(path, seq_len, max_pred, model_config.vocab_size,
+                                      check_values=False, given_by=given_by)
+            scan_values(info, info.files[rank::world_size])
+        except DataError as err:
+            raise DataError(f"{split} data: {err}") from None
+        return info
+
+    return _on_every_rank(check, world_size)
+
+
+def _on_every_rank(check: Callable[[], T], world_size: int) -> T:
+    """check() on every rank, its refusal shared: every rank raises the first rank's
+    error (ConfigError or DataError), so none is left waiting in a collective when only
+    some of them see a problem (a rank-local file system)."""
+    result, error = None, None
     try:
-        info = validate_shard_set(path, seq_len, max_pred, model_config.vocab_size,
-                                  check_values=False, given_by=given_by)
-        scan_values(info, info.files[rank::world_size])
-    except DataError as err:
-        error = str(err)
-    errors = [None] * world_size
+        result = check()
+    except (ConfigError, DataError) as err:
+        error = (type(err).__name__, str(err))
+    errors: list = [None] * world_size
     dist.all_gather_object(errors, error)
-    found = [e for e in errors if e is not None]
-    if found:
-        raise DataError(f"{split} data: {found[0]}")
-    return info
+    found = next((e for e in errors if e is not None), None)
+    if found is not None:
+        raise (DataError if found[0] == "DataError" else ConfigError)(found[1])
+    return result
 
 
-def _checked_vocab(args, train_set: ShardSetInfo, run_dir: RunDir, rank: int) -> Optional[Path]:
+def _checked_vocab(args, train_set: ShardSetInfo, run_dir: RunDir) -> tuple[Optional[Path], Optional[str]]:
     """--vocab_file, or data_prep's vocab.txt beside the shards, or the run's own copy;
     checked against the manifest's vocab_sha256."""
     given = Path(args.vocab_file) if args.vocab_file is not None else None
@@ -153,12 +165,32 @@ def _checked_vocab(args, train_set: ShardSetInfo, run_dir: RunDir, rank: int) ->
         raise ConfigError(f"--vocab_file {given} does not exist")
     vocab, found_as = find_vocab(given, train_set.manifest_dir, Path(args.train_dir), run_dir)
     if vocab is None:
-        return None
+        return None, None
+    try:
+        digest = sha256_of(vocab)
+    except OSError as err:
+        raise ConfigError(f"{found_as} {vocab} cannot be read: {err.strerror or err}") from None
     recorded = train_set.vocab_sha256
-    if recorded and recorded != sha256_of(vocab):
+    if recorded and recorded != digest:
         raise ConfigError(f"{found_as} {vocab} is not the vocabulary the shards were made "
                           f"with (their manifest's vocab_sha256 is {recorded})")
-    return vocab
+    return vocab, digest
+
+
+def _copy_vocab_into_run(vocab: Path, run_dir: RunDir, rank: int) -> Path:
+    """Rank 0 copies the vocabulary into the run directory, so that export and fine-tuning
+    tokenize as pretraining did wherever the run goes; its outcome is shared, so that a
+    failed copy stops every rank with the same line instead of leaving the others waiting."""
+    outcome: list = [None]
+    if rank == 0:
+        try:
+            keep_vocab_copy(vocab, run_dir)
+        except OSError as err:
+            outcome = [f"cannot copy the vocabulary {vocab} into {run_dir.vocab}: {err.strerror or err}"]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise ConfigError(outcome[0])
+    return run_dir.vocab
 
 
 def _resume_plan(args, run_dir: RunDir, run_config: dict) -> Optional[resume_config.ResumePlan]:

@@ -7,7 +7,9 @@
 
 The same command runs on GPUs (NCCL) and on CPU ranks (gloo). Settings have one home
 each (see bing_bert_pld/ds_config.py): the command line owns the run, the DeepSpeed JSON
-the batch/optimizer/precision/PLD, the model JSON the architecture.
+the batch/optimizer/precision/PLD, the model JSON the architecture, and the shards the
+sequence shape and vocabulary (preflight.py checks them all before the engine exists).
+Without a stopping rule the run ends where the JSON's LR schedule does.
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@ on stderr), including a file system that refuses a write (full, read-only, no pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 from bing_bert_pld import cli as bbp_cli
 from data_prep.cleaning import CleaningConfig
@@ -30,6 +32,7 @@ from data_prep.verify import verify
 from data_prep.vocab import load_vocab
 
 _DEFAULTS = InstanceConfig()
+_SHARD_SET_OUTPUT = "where train/, validation/, manifest.json go"
 # OSErrors that the machine causes, not the code: reported in one line, like bad input.
 _ENVIRONMENT_ERRNOS = {*NO_SPACE, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EIO}
 
@@ -58,65 +61,69 @@ def _parser() -> argparse.ArgumentParser:
                                    help="one stage, or all of them; python -m data_prep STAGE -h "
                                         "describes its flags")
 
-    p = stages.add_parser("extract", help="Wikipedia XML dump -> wikiextractor JSON (runs wikiextractor)")
-    p.add_argument("--input", type=Path, required=True, help="dump file (.xml or .xml.bz2)")
-    p.add_argument("--output", type=Path, required=True, help="directory for the extracted JSON")
-    _add_run_options(p)
-    p.set_defaults(run=_run_extract)
+    with _stage(stages, "extract", "Wikipedia XML dump -> wikiextractor JSON (runs wikiextractor)",
+                _run_extract) as p:
+        p.add_argument("--input", type=Path, required=True, help="dump file (.xml or .xml.bz2)")
+        p.add_argument("--output", type=Path, required=True, help="directory for the extracted JSON")
 
-    p = stages.add_parser("sentences", help="sources -> cleaned, sentence-split text units")
-    _add_source_options(p)
-    p.add_argument("--output", type=Path, required=True, help="directory for the text units and their plan")
-    _add_run_options(p)
-    p.set_defaults(run=_run_sentences)
+    with _stage(stages, "sentences", "sources -> cleaned, sentence-split text units", _run_sentences) as p:
+        _add_source_options(p)
+        p.add_argument("--output", type=Path, required=True, help="directory for the text units and their plan")
 
-    p = stages.add_parser("vocab", help="train a WordPiece vocab.txt on a sentences directory")
-    p.add_argument("--sentences", type=Path, required=True, help="the sentences stage's --output")
-    p.add_argument("--vocab-size", type=int, required=True, help="word pieces in the vocabulary (30522 as bert-base)")
-    _add_lowercase(p)
-    p.add_argument("--output", type=Path, required=True, help="vocab.txt to write")
-    _add_run_options(p)
-    p.set_defaults(run=_run_vocab)
+    with _stage(stages, "vocab", "train a WordPiece vocab.txt on a sentences directory", _run_vocab) as p:
+        _add_stage_input(p, "sentences")
+        p.add_argument("--vocab-size", type=int, required=True,
+                       help="word pieces in the vocabulary (30522 as bert-base)")
+        _add_lowercase(p)
+        p.add_argument("--output", type=Path, required=True, help="vocab.txt to write")
 
-    p = stages.add_parser("instances", help="sentences -> tokenized, paired, masked instance records")
-    p.add_argument("--sentences", type=Path, required=True, help="the sentences stage's --output")
-    p.add_argument("--vocab", type=Path, required=True, aliases=("--vocab_file",), help="vocab.txt")
-    _add_lowercase(p)
-    _add_instance_options(p)
-    p.add_argument("--output", type=Path, required=True, help="directory for the instance records")
-    _add_run_options(p)
-    p.set_defaults(run=_run_instances)
+    with _stage(stages, "instances", "sentences -> tokenized, paired, masked instance records",
+                _run_instances) as p:
+        _add_stage_input(p, "sentences")
+        p.add_argument("--vocab", type=Path, required=True, aliases=("--vocab_file",), help="vocab.txt")
+        _add_lowercase(p)
+        _add_instance_options(p)
+        p.add_argument("--output", type=Path, required=True, help="directory for the instance records")
 
-    p = stages.add_parser("shards", help="instance records -> shuffled HDF5 shards + manifest")
-    p.add_argument("--instances", type=Path, required=True, help="the instances stage's --output")
-    _add_shard_options(p)
-    p.add_argument("--output", type=Path, required=True, help="where train/, validation/, manifest.json go")
-    _add_run_options(p)
-    p.set_defaults(run=_run_shards)
+    with _stage(stages, "shards", "instance records -> shuffled HDF5 shards + manifest", _run_shards) as p:
+        _add_stage_input(p, "instances")
+        _add_shard_options(p)
+        p.add_argument("--output", type=Path, required=True, help=_SHARD_SET_OUTPUT)
 
-    p = stages.add_parser("verify", help="check a shard set (ours or NVIDIA's); exit 1 on a defect")
-    p.add_argument("path", type=Path, help="output directory, split directory or one shard")
-    p.add_argument("--vocab", type=Path, aliases=("--vocab_file",),
-                   help="vocab.txt (default: the one beside the manifest)")
-    p.add_argument("--vocab-size", type=int,
-                   help="when no vocab.txt is at hand (default: the vocab.txt's size)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_run_options(p)
-    p.set_defaults(run=_run_verify)
+    with _stage(stages, "verify", "check a shard set (ours or NVIDIA's); exit 1 on a defect", _run_verify) as p:
+        p.add_argument("path", type=Path, help="output directory, split directory or one shard")
+        p.add_argument("--vocab", type=Path, aliases=("--vocab_file",),
+                       help="vocab.txt (default: the one beside the manifest)")
+        p.add_argument("--vocab-size", type=int,
+                       help="when no vocab.txt is at hand (default: the vocab.txt's size)")
+        p.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    p = stages.add_parser("all", help="the whole pipeline: sources -> verified shards")
-    _add_source_options(p)
-    vocab = p.add_mutually_exclusive_group(required=True)
-    vocab.add_argument("--vocab", type=Path, aliases=("--vocab_file",), help="a bert-base compatible vocab.txt")
-    vocab.add_argument("--vocab-size", type=int, help="train a vocabulary of this size on the corpus")
-    _add_lowercase(p)
-    _add_instance_options(p)
-    _add_shard_options(p)
-    p.add_argument("--output", type=Path, required=True, help="where train/, validation/, manifest.json go")
-    p.add_argument("--work-dir", type=Path, help="intermediate files (default: OUTPUT/work); reusable across runs")
-    _add_run_options(p)
-    p.set_defaults(run=_run_all)
+    with _stage(stages, "all", "the whole pipeline: sources -> verified shards", _run_all) as p:
+        _add_source_options(p)
+        vocab = p.add_mutually_exclusive_group(required=True)
+        vocab.add_argument("--vocab", type=Path, aliases=("--vocab_file",), help="a bert-base compatible vocab.txt")
+        vocab.add_argument("--vocab-size", type=int, help="train a vocabulary of this size on the corpus")
+        _add_lowercase(p)
+        _add_instance_options(p)
+        _add_shard_options(p)
+        p.add_argument("--output", type=Path, required=True, help=_SHARD_SET_OUTPUT)
+        p.add_argument("--work-dir", type=Path, help="intermediate files (default: OUTPUT/work); reusable across runs")
     return parser
+
+
+@contextlib.contextmanager
+def _stage(stages, name: str, help: str,
+           run: Callable[[argparse.Namespace], int]) -> Iterator[argparse.ArgumentParser]:
+    """A stage's subcommand: the flags the with block adds, then the run options every stage
+    takes (last in its --help), and `run`, which main() calls with the parsed flags."""
+    p = stages.add_parser(name, help=help)
+    yield p
+    _add_run_options(p)
+    p.set_defaults(run=run)
+
+
+def _add_stage_input(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument(f"--{stage}", type=Path, required=True, help=f"the {stage} stage's --output")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -143,6 +143,21 @@ claim_output_dir() {
     rank_registry clear
 }
 
+# prepare_launch OUTPUT_DIR CMD...: print CMD (the deepspeed launcher's command line); with
+# DRY_RUN=1 exit 0 there, else check that the launcher and the package are installed and
+# claim OUTPUT_DIR (claim_output_dir) before the caller runs CMD.
+prepare_launch() {
+    local dir="$1"
+    shift
+    print_cmd "$@"
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+        exit 0
+    fi
+    command -v deepspeed > /dev/null || die "the deepspeed launcher is not on PATH: run 'bash launch/setup.sh'"
+    require_package
+    claim_output_dir "$dir"
+}
+
 # rank_registry ACTION [ARGS]: bing_bert_pld.stop_signal on CLAIMED_DIR (see its docstring).
 rank_registry() {
     local action="$1"

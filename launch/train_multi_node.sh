@@ -84,14 +84,7 @@ cmd+=(--module bing_bert_pld.train
       "${SHARD_SET_ARGS[@]}"
       --output_dir "$OUTPUT_DIR" "$@")
 echo "hosts: ${HOSTS[*]}; master ${MASTER_ADDR}:${MASTER_PORT}"
-print_cmd "${cmd[@]}"
-if [[ "${DRY_RUN:-0}" == 1 ]]; then
-    exit 0
-fi
-command -v deepspeed > /dev/null || die "the deepspeed launcher is not on PATH: run 'bash launch/setup.sh'"
-require_package
-
-claim_output_dir "$OUTPUT_DIR"
+prepare_launch "$OUTPUT_DIR" "${cmd[@]}"
 
 # Each host signals the ranks of this run that registered there (bing_bert_pld.stop_signal
 # reads the registry in OUTPUT_DIR, on the shared file system): called again whenever

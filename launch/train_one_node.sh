@@ -55,13 +55,7 @@ cmd=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT"
      --deepspeed_config "$DS_CONFIG" --model_config "$MODEL_CONFIG"
      "${SHARD_SET_ARGS[@]}"
      --output_dir "$OUTPUT_DIR" "$@")
-print_cmd "${cmd[@]}"
-if [[ "${DRY_RUN:-0}" == 1 ]]; then
-    exit 0
-fi
-command -v deepspeed > /dev/null || die "the deepspeed launcher is not on PATH: run 'bash launch/setup.sh'"
-require_package
-claim_output_dir "$OUTPUT_DIR"
+prepare_launch "$OUTPUT_DIR" "${cmd[@]}"
 NUM_RANKS_HERE="$NUM_GPUS"
 SHM_RUN=(127.0.0.1 "$MASTER_PORT")  # the deepspeed launcher's address without a hostfile
 run_forwarding_stop signal_registered_ranks "${cmd[@]}"

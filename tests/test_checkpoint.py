@@ -20,9 +20,7 @@ import torch
 from bing_bert_pld import lr_schedules, resume_config, train
 from bing_bert_pld.run import checkpoint, layout
 from bing_bert_pld.run.checkpoint import CheckpointError, UnsafeCheckpointError
-from bing_bert_pld.engine import init_distributed
 from bing_bert_pld.run.pretrained import load_pretrained, read_pretrained
-from shard_factory import write_shard_set
 
 SEQ, PRED, VOCAB = 32, 5, 512
 SCHEDULE = {"type": "WarmupExpDecay", "params": {"total_steps": 8, "warmup_proportion": 0.25,
@@ -41,11 +39,8 @@ OPTIM_STATES = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_shard_set(root, 2, 64, SEQ, PRED, VOCAB, seed=0, split="train")
-    init_distributed()
-    return root
+def data(one_rank_train_set):
+    return one_rank_train_set(SEQ, PRED, VOCAB)
 
 
 def argv(out: Path, data: Path, ds: dict, flags=(), **overrides) -> list[str]:

@@ -17,17 +17,10 @@ from bing_bert_pld.glue.data import encode, get_task, read_split
 from bing_bert_pld.glue.model import BertForSequenceClassification
 from bing_bert_pld.glue.saved_model import load_finetuned, save_finetuned
 from bing_bert_pld.tokenizer import build_bert_tokenizer
-from tests.test_glue_finetune import write_config, write_mnli, write_sst2, write_stsb
+from tests.test_glue_finetune import (one_thread,  # noqa: F401 (autouse here too)
+                                     write_config, write_mnli, write_sst2, write_stsb)
 from tests.test_glue_pretrained import (distributed, make_checkpoint,  # noqa: F401
                                         perturbed_model, tiny_config, write_vocab)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model gains nothing from a second thread and loses much on a busy machine."""
-    threads = torch.get_num_threads()
-    yield torch.set_num_threads(1)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

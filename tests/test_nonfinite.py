@@ -13,8 +13,6 @@ import torch
 from bing_bert_pld import train
 from bing_bert_pld.run import checkpoint, layout
 from bing_bert_pld.divergence import EXIT_CODE, NonFiniteError, StepLossCheck
-from bing_bert_pld.engine import init_distributed
-from shard_factory import write_shard_set
 
 SEQ, PRED, VOCAB = 32, 5, 512
 ADAM = {"train_micro_batch_size_per_gpu": 8, "steps_per_print": 10**6, "gradient_clipping": 1.0,
@@ -22,11 +20,8 @@ ADAM = {"train_micro_batch_size_per_gpu": 8, "steps_per_print": 10**6, "gradient
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_shard_set(root, 2, 64, SEQ, PRED, VOCAB, seed=0, split="train")
-    init_distributed()
-    return root
+def data(one_rank_train_set):
+    return one_rank_train_set(SEQ, PRED, VOCAB)
 
 
 def argv(tmp_path, data, ds, **overrides):

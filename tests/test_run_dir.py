@@ -155,3 +155,30 @@ def test_info_of_a_run_without_checkpoints_and_of_no_run(tmp_path, capsys):
     assert capsys.readouterr().out == "0\n"
     assert info_main(["info", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'missing'}: no such run directory\n"
+
+
+@pytest.mark.parametrize("damage", ["state_values", "state_not_object", "config_sections"])
+def test_info_of_hand_damaged_files_names_the_problem_without_a_traceback(tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE / "checkpoints", run / "checkpoints")
+    tag = run / "checkpoints" / "global_step2"
+    if damage == "state_values":
+        state = json.loads((tag / "trainer_state.json").read_text())
+        (tag / "trainer_state.json").write_text(json.dumps({**state, "step": "two", "elapsed_s": None}))
+        expected = "trainer_state.json: not a finite number: step, elapsed_s"
+    elif damage == "state_not_object":
+        (tag / "trainer_state.json").write_text("[1, 2]")
+        expected = "global_step2: trainer_state.json is not a JSON object"
+    else:
+        (tag / "run_config.json").write_text(json.dumps({"data": [1], "run": "x", "model_config": 3,
+                                                         "vocab_file": 7}))
+        expected = None
+    for argv in (["info", str(run)], ["info", str(run), "--json"], ["info", str(run), "--get", "step"]):
+        assert info_main(argv) == 0
+    out = capsys.readouterr().out
+    shown = info(run)
+    if expected is not None:
+        assert shown["problem"].endswith(expected) and expected in out
+    else:  # a damaged section reads as one never recorded
+        assert shown["problem"] is None
+        assert (shown["seq_len"], shown["model_config"], shown["train_dir"]) == (None, None, None)

@@ -11,7 +11,6 @@ import pytest
 from bing_bert_pld import train
 from bing_bert_pld.run import checkpoint, layout
 from bing_bert_pld.run.files import sha256_of
-from bing_bert_pld.engine import init_distributed
 from shard_factory import make_arrays, write_shard, write_shard_set
 
 SEQ, PRED, VOCAB = 32, 5, 512
@@ -22,11 +21,8 @@ DS = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_shard_set(root, 2, 64, SEQ, PRED, VOCAB, seed=0, split="train")
-    init_distributed()
-    return root
+def data(one_rank_train_set):
+    return one_rank_train_set(SEQ, PRED, VOCAB)
 
 
 def argv(tmp_path, data, ds=None, **overrides):

@@ -9,8 +9,6 @@ import re
 import pytest
 
 from bing_bert_pld import pld, train
-from bing_bert_pld.engine import init_distributed
-from shard_factory import write_shard_set
 
 SEQ, PRED, VOCAB = 32, 5, 512
 DS = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
@@ -21,11 +19,8 @@ SEED = 42
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_shard_set(root, 2, 64, SEQ, PRED, VOCAB, seed=0, split="train")
-    init_distributed()
-    return root
+def data(one_rank_train_set):
+    return one_rank_train_set(SEQ, PRED, VOCAB)
 
 
 def test_log_lines_and_the_depths_behind_the_estimate(tmp_path, data, caplog):

@@ -31,11 +31,18 @@ def data_facts(info) -> dict:
             "vocab_sha256": info.vocab_sha256, "lowercase": info.lowercase}
 
 
+def section(run_config: dict, key: str) -> dict:
+    """run_config[key] when it is an object, else {} (absent, or damaged by hand: the
+    readers then fall back as for a checkpoint that never recorded it)."""
+    value = run_config.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def sequence_shape(run_config: dict) -> dict:
     """{"seq_len", "max_pred"} a run trained with: its data facts, or (written before
     they existed) its command line."""
-    data = run_config.get("data") or {}
-    run = run_config.get("run") or {}
+    data = section(run_config, "data")
+    run = section(run_config, "run")
     return {"seq_len": data.get("seq_len", run.get("max_seq_length")),
             "max_pred": data.get("max_pred", run.get("max_predictions_per_seq"))}
 
@@ -77,8 +84,10 @@ def vocab_of(run_config: dict, tag_dir: Path) -> Optional[Path]:
     """The vocabulary a checkpoint was trained with: the copy inside it, else the run
     directory's copy, else the path an older checkpoint recorded (when it still exists).
     A copy is used only when its sha256 is the one recorded."""
-    recorded_sha = run_config.get("vocab_sha256") or (run_config.get("data") or {}).get("vocab_sha256")
+    recorded_sha = run_config.get("vocab_sha256") or section(run_config, "data").get("vocab_sha256")
     recorded = run_config.get("vocab_file")
+    if not isinstance(recorded, str):
+        recorded = None
     candidates = [tag_dir / VOCAB, tag_dir.parent.parent / VOCAB]
     if recorded:
         candidates += [Path(recorded), tag_dir / recorded]
@@ -97,15 +106,15 @@ def vocab_of(run_config: dict, tag_dir: Path) -> Optional[Path]:
 def lowercase_of(run_config: dict, vocab_path: Optional[Path]) -> Optional[bool]:
     """Whether the run's text was lowercased: its data facts, else (older checkpoints) the
     data manifest beside the vocabulary or one level above the train shards."""
-    for value in ((run_config.get("data") or {}).get("lowercase"), run_config.get("lowercase"),
+    for value in (section(run_config, "data").get("lowercase"), run_config.get("lowercase"),
                   run_config.get("do_lower_case")):  # the latter two: written by other tools
         if isinstance(value, bool):
             return value
     manifests = []
     if vocab_path is not None:
         manifests.append(vocab_path.parent / "manifest.json")
-    train_dir = (run_config.get("run") or {}).get("train_dir")
-    if train_dir:
+    train_dir = section(run_config, "run").get("train_dir")
+    if isinstance(train_dir, str) and train_dir:
         manifests.append(Path(train_dir).parent / "manifest.json")
     for manifest in manifests:
         data, problem = read_json_object(manifest)

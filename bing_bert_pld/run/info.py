@@ -12,12 +12,14 @@ manifest (sizes and sha256), as a resume would.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from .. import cli
-from .config import sequence_shape
+from ..formatting import format_number
+from .config import section, sequence_shape
 from .files import read_json_object
 from .layout import LATEST, RUN_CONFIG, TRAINER_STATE, VOCAB, RunDir, published_tags, read_latest
 
@@ -41,12 +43,14 @@ def info(run_dir: Path, verify: bool = False) -> dict[str, Any]:
     if run_config is None:
         run_config, _ = read_json_object(run.run_config)
     run_config = run_config or {}
+    counts, count_problem = _counts(state)
+    problem = problem or (count_problem and f"{root / latest / TRAINER_STATE}: {count_problem}")
     if verify and latest is not None and problem is None:
         from .checkpoint import verify as verify_checkpoint  # torch: only when asked
 
         damage = verify_checkpoint(root / latest)
         problem = damage and f"{root / latest} is damaged: {damage}"
-    data = run_config.get("data") or {}
+    data = section(run_config, "data")
     shape = sequence_shape(run_config)
     vocab_in_run = [p for p in ((root / latest / VOCAB) if latest else None, run.vocab) if p and p.is_file()]
     return {
@@ -54,19 +58,30 @@ def info(run_dir: Path, verify: bool = False) -> dict[str, Any]:
         "latest": latest,
         "problem": problem,  # what is wrong with `latest` or its checkpoint; null when fine
         "checkpoints": published_tags(root),
-        "step": int(state.get("step", 0)),
-        "samples": int(state.get("samples", 0)),
-        "elapsed_s": float(state.get("elapsed_s", 0.0)),
-        "train_time_s": float(state.get("train_time_s", state.get("elapsed_s", 0.0))),
+        **counts,
         "world_size": state.get("world_size", run_config.get("world_size")),
         "seq_len": shape["seq_len"],
         "max_pred": shape["max_pred"],
         "vocab_file": str(vocab_in_run[0].resolve()) if vocab_in_run else None,
         "vocab_sha256": run_config.get("vocab_sha256"),
         "lowercase": data.get("lowercase"),
-        "model_config": run_config.get("model_config"),
-        "train_dir": (run_config.get("run") or {}).get("train_dir"),
+        "model_config": section(run_config, "model_config") or None,
+        "train_dir": section(run_config, "run").get("train_dir"),
     }
+
+
+def _counts(state: dict) -> tuple[dict, Optional[str]]:
+    """The progress numbers of a trainer_state.json (0 without a checkpoint), and what is
+    wrong with them when one is not a number."""
+    numbers = {"step": state.get("step", 0), "samples": state.get("samples", 0),
+               "elapsed_s": state.get("elapsed_s", 0.0)}
+    numbers["train_time_s"] = state.get("train_time_s", numbers["elapsed_s"])
+    bad = [key for key, value in numbers.items()
+           if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
+    for key in bad:
+        numbers[key] = None
+    problem = f"not a finite number: {', '.join(bad)}" if bad else None
+    return numbers, problem
 
 
 def _lines(summary: dict) -> list[str]:
@@ -77,7 +92,8 @@ def _lines(summary: dict) -> list[str]:
         lines.append(f"latest         {summary['latest']} (of {len(summary['checkpoints'])} checkpoints)"
                      + (f"  PROBLEM: {summary['problem']}" if summary["problem"] else ""))
         lines.append(f"progress       step {summary['step']}, {summary['samples']} samples, "
-                     f"{summary['elapsed_s']:.1f} s elapsed ({summary['train_time_s']:.1f} s training)")
+                     f"{format_number(summary['elapsed_s'], '.1f', '?')} s elapsed "
+                     f"({format_number(summary['train_time_s'], '.1f', '?')} s training)")
     lines.append(f"sequences      seq_len {summary['seq_len']}, max_pred {summary['max_pred']}")
     lines.append(f"vocabulary     {summary['vocab_file'] or 'none in the run'}"
                  + ("" if summary["lowercase"] is None else f" (lowercase {summary['lowercase']})"))
