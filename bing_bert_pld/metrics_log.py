@@ -1,4 +1,4 @@
-"""Where training metrics go: one small interface, a null implementation, rank-0 gating.
+"""Where training metrics go and how they are read back: TensorBoard and metrics.jsonl, written by rank 0 only.
 
 Only global rank 0 writes; every other rank gets the NullSink, so call sites never
 test the rank themselves.

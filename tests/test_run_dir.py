@@ -182,3 +182,14 @@ def test_info_of_hand_damaged_files_names_the_problem_without_a_traceback(tmp_pa
     else:  # a damaged section reads as one never recorded
         assert shown["problem"] is None
         assert (shown["seq_len"], shown["model_config"], shown["train_dir"]) == (None, None, None)
+
+
+def test_a_recorded_vocabulary_path_never_climbs_out_of_the_run(tmp_path):
+    from bing_bert_pld.run.config import vocab_of
+
+    tag = tmp_path / "run" / "checkpoints" / "global_step1"
+    tag.mkdir(parents=True)
+    (tmp_path / "secret.txt").write_text("not a vocabulary\n")
+    assert vocab_of({"vocab_file": "../../../secret.txt"}, tag) is None
+    (tag / "vocab.txt").write_text("[PAD]\n")  # its own copy is what a checkpoint uses
+    assert vocab_of({"vocab_file": "../../../secret.txt"}, tag) == (tag / "vocab.txt").resolve()

@@ -59,6 +59,7 @@ from ..ds_config import (TrainingSetup, build_training_setup, check_setup_agains
 from ..engine import init_distributed, initialize_engine
 from ..lr_schedules import SCHEDULES
 from ..metrics_log import LOG, make_sink, setup_console_logging
+from ..run import metric_names as names
 from ..run.layout import RunDir
 from ..run.pretrained import CheckpointError, read_pretrained
 from ..strict_dict import POSITIVE_INT, checked
@@ -389,8 +390,8 @@ class Finetuner:
                 step = self.engine.global_steps
                 if step != step_before and (step % self.settings.log_every == 0
                                             or step == self.total_steps):
-                    self.sink.scalars(step, {"train/loss": interval_loss / interval_batches,
-                                             "train/lr": self.engine.get_lr()[0]})
+                    self.sink.scalars(step, {names.TRAIN_LOSS: interval_loss / interval_batches,
+                                             names.LR: self.engine.get_lr()[0]})
                     bar.set_postfix(loss=f"{interval_loss / interval_batches:.4f}", refresh=False)
                     interval_loss, interval_batches = 0.0, 0
             bar.close()

@@ -89,7 +89,7 @@ def vocab_of(run_config: dict, tag_dir: Path) -> Optional[Path]:
     if not isinstance(recorded, str):
         recorded = None
     candidates = [tag_dir / VOCAB, tag_dir.parent.parent / VOCAB]
-    if recorded:
+    if recorded and ".." not in Path(recorded).parts:  # never a path climbing out of the run
         candidates += [Path(recorded), tag_dir / recorded]
     for candidate in candidates:
         if candidate.is_file():
