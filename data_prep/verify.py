@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from bing_bert_pld.run.files import sha256_of
-from bing_bert_pld.shard_validation import DataError, Defect, Rules, check_shard, find_shard_set, resolve_rules
+from bing_bert_pld.shard_rules import Defect, Rules
+from bing_bert_pld.shard_validation import DataError, check_shard, find_shard_set, resolve_rules
 from bing_bert_pld.tokenizer import CLS, MASK, PAD, SEP
 from data_prep.errors import DataPrepError
 from data_prep.instances import VOCAB_FILE

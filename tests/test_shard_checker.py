@@ -15,8 +15,8 @@ import pytest
 
 from bing_bert_pld import train
 from bing_bert_pld.schema import FIELDS, IN_PROGRESS_NAME, MANIFEST_NAME
-from bing_bert_pld.shard_validation import (DataError, Rules, _FastCheck, _row_checks, scan_values,
-                                            validate_shard_set)
+from bing_bert_pld.shard_rules import FastCheck, Rules, row_checks
+from bing_bert_pld.shard_validation import DataError, scan_values, validate_shard_set
 from data_prep import manifest as data_prep_manifest
 from shard_factory import make_arrays, write_shard, write_shard_set
 
@@ -26,7 +26,7 @@ SEQ, PRED, VOCAB = 16, 3, 100
 # ---------------------------------------------------------------- the fast path
 
 def _broken_rules(arrays: dict[str, np.ndarray], rules: Rules) -> set[str]:
-    checks = _row_checks({k: a.astype(np.int64) for k, a in arrays.items()}, rules)
+    checks = row_checks({k: a.astype(np.int64) for k, a in arrays.items()}, rules)
     return {check for check, bad in checks.items() if bad.any()}
 
 
@@ -49,7 +49,7 @@ def test_the_fast_path_passes_a_block_exactly_when_no_row_breaks_a_rule(special)
         for key in ("masked_lm_positions", "masked_lm_ids"):
             clean[key] = np.take_along_axis(clean[key], order, axis=1)
         rules = Rules(VOCAB, SEQ, PRED, cls_id=2, sep_id=3, label_forbidden=(0, 2, 3))
-    check = _FastCheck(rows, SEQ, PRED)
+    check = FastCheck(rows, SEQ, PRED)
     assert not _broken_rules(clean, rules) and check(clean, rules)
     edges = [-128, -1, 0, 1, 2, 3, 7, SEQ - 1, SEQ, VOCAB - 1, VOCAB]
     verdicts, seen = [], Counter()
@@ -66,7 +66,7 @@ def test_the_fast_path_passes_a_block_exactly_when_no_row_breaks_a_rule(special)
         verdicts.append(bool(broken))
         seen.update(broken)
     assert 0.2 < np.mean(verdicts) < 0.95  # both kinds were tried, many times
-    assert set(seen) == set(_row_checks({k: a.astype(np.int64) for k, a in clean.items()}, rules))
+    assert set(seen) == set(row_checks({k: a.astype(np.int64) for k, a in clean.items()}, rules))
     assert min(seen.values()) >= 20, seen  # every rule broken, often
 
 
