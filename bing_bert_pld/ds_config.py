@@ -301,15 +301,21 @@ def _check_lamb_with_zero(values: dict, setup: TrainingSetup) -> None:
             "Adam/AdamW with ZeRO.")
 
 
+def check_sequence_fits(model, seq_len: int, seq_len_option: str) -> None:
+    """A sequence of seq_len tokens fits the model's position embeddings (a BertConfig)."""
+    if seq_len > model.max_position_embeddings:
+        raise ConfigError(f"{seq_len_option} {seq_len} exceeds the model's "
+                          f"max_position_embeddings {model.max_position_embeddings}")
+
+
 def check_setup_against_model(setup: TrainingSetup, model, model_name: str,
                               max_seq_length: Optional[int], seq_len_option: str = "--max_seq_length",
                               fp16_on_this_cpu: bool = False) -> None:
     """What the DeepSpeed JSON, the model config and the sequence length must agree on,
     checked before any engine exists (the trainer, fine-tuning and config_check call it).
     `model` is a BertConfig; `fp16_on_this_cpu`: the run will be on this machine's CPU."""
-    if max_seq_length is not None and max_seq_length > model.max_position_embeddings:
-        raise ConfigError(f"{seq_len_option} {max_seq_length} exceeds the model's "
-                          f"max_position_embeddings {model.max_position_embeddings}")
+    if max_seq_length is not None:
+        check_sequence_fits(model, max_seq_length, seq_len_option)
     if setup.pld is not None and not model.pre_layer_norm:
         raise ConfigError(f"{setup.source}: PLD is on but {model_name} is Post-LN "
                           "(pre_layer_norm false); layer dropping needs Pre-LN to train stably")

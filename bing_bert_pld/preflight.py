@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from . import resume_config, run_options
 from .config import BertConfig, ConfigError
-from .ds_config import TrainingSetup, check_setup_against_model, resolve_batch_sizes
+from .ds_config import TrainingSetup, check_sequence_fits, check_setup_against_model, resolve_batch_sizes
 from .ds_validation import missing_lr_schedule_warning
 from .engine import init_distributed
 from .metrics_log import LOG, setup_console_logging
@@ -77,8 +77,8 @@ def check(args) -> LaunchPlan:
     train_set = _validate_on_all_ranks(args.train_dir, "train", args.max_seq_length,
                                        args.max_predictions_per_seq, model_config, rank, world_size,
                                        given_by="the command line")
-    check_setup_against_model(setup, model_config, args.model_config, train_set.seq_len,
-                              seq_len_option=f"the shards' seq_len ({args.train_dir})")
+    if args.max_seq_length is None:  # a given one is checked above, and equals the shards'
+        check_sequence_fits(model_config, train_set.seq_len, f"the shards' seq_len ({args.train_dir})")
     val_set = None
     if args.val_dir:
         val_set = _validate_on_all_ranks(args.val_dir, "validation", train_set.seq_len,

@@ -155,8 +155,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> RunArgs:
                         help=argparse.SUPPRESS)  # passed by the deepspeed launcher; LOCAL_RANK rules
     namespace = vars(parser.parse_args(argv))
     namespace.pop("local_rank")
-    args = RunArgs(**namespace)
-    return args
+    return RunArgs(**namespace)
 
 
 class Trainer:
@@ -164,30 +163,25 @@ class Trainer:
     validations and checkpoints, until a stopping rule or a signal ends it."""
 
     def __init__(self, args: RunArgs):
-        self.args = args
         plan = self.plan = preflight.check(args)  # a refusal here costs no engine build
         self.args = args = plan.args  # with the stopping rule it settled
-        self.model_config, self.setup = plan.model_config, plan.setup
-        self.rank, self.world_size = plan.rank, plan.world_size
-        self.run_dir, self.run_config = plan.run_dir, plan.run_config
-        self.checkpoint_root = plan.run_dir.checkpoints
-        if self.rank == 0:
+        if plan.rank == 0:
             write_launch_config(plan.run_dir, plan.run_config)
 
-        torch.manual_seed(args.seed + self.rank)  # dropout differs per rank, gates do not
-        self.engine = initialize_engine(BertForPreTraining(self.model_config), self.setup)
-        self.pld = PLDHook(self.engine, self.setup.pld, args.seed) if self.setup.pld else None
+        torch.manual_seed(args.seed + plan.rank)  # dropout differs per rank, gates do not
+        self.engine = initialize_engine(BertForPreTraining(plan.model_config), plan.setup)
+        self.pld = PLDHook(self.engine, plan.setup.pld, args.seed) if plan.setup.pld else None
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.accumulation = self.engine.gradient_accumulation_steps()
-        self.loader = PretrainingDataLoader(plan.train_set, self.micro_batch, self.rank,
-                                            self.world_size, args.seed,
+        self.loader = PretrainingDataLoader(plan.train_set, self.micro_batch, plan.rank,
+                                            plan.world_size, args.seed,
                                             prefetch_batches=args.prefetch_batches,
                                             num_workers=args.loader_workers)
-        self.sink = make_sink(self.rank, self.run_dir)
+        self.sink = make_sink(plan.rank, plan.run_dir)
         self.loss_check = StepLossCheck()
         self.progress = train_state.Progress()
         # The live estimate of the wall clock PLD saves against full depth (time_saved.py).
-        self.time_saved = (TimeSavedEstimator(self.model_config.num_hidden_layers * self.accumulation)
+        self.time_saved = (TimeSavedEstimator(plan.model_config.num_hidden_layers * self.accumulation)
                            if self.pld is not None else None)
         # Saved and restored as one set (train_state.py).
         self.parts = {"progress": self.progress, "pld": self.pld.stats if self.pld else None,
@@ -201,13 +195,13 @@ class Trainer:
         self.pace = progress.Pace(self.step, self.elapsed())  # for the ETA: this launch's pace
 
     def _restore(self) -> None:
-        plan = self.plan.resume
-        if plan is not None:
-            found = plan.checkpoint
+        resume = self.plan.resume
+        if resume is not None:
+            found = resume.checkpoint
             fresh = resume_config.snapshot_hyperparameters(self.engine.optimizer)
             rank_state = checkpoint.load(self.engine, found,
-                                         load_optimizer_states=not plan.fresh_optimizer)
-            if plan.changes_optimizer_values:
+                                         load_optimizer_states=not resume.fresh_optimizer)
+            if resume.changes_optimizer_values:
                 resume_config.apply_hyperparameters(self.engine, fresh)
             train_state.restore(self.parts, found.trainer_state)
             self.loader.load_state_dict(rank_state["loader"])  # this rank's, not rank 0's
@@ -215,14 +209,14 @@ class Trainer:
             history = self.progress.history
             if found.note:
                 history.append({"step": self.step, "event": "fallback", "note": found.note})
-            if plan.changes:
+            if resume.changes:
                 history.append({"step": self.step, "event": "config_change",
-                                "changes": [str(d) for d in plan.changes],
-                                "fresh_optimizer_state": plan.fresh_optimizer})
+                                "changes": [str(d) for d in resume.changes],
+                                "fresh_optimizer_state": resume.fresh_optimizer})
                 LOG.info("warning: resuming with a changed configuration (--allow_config_change): "
-                         "%s%s", resume_config.listing(plan.changes),
+                         "%s%s", resume_config.listing(resume.changes),
                          "; the optimizer type changed, so its state starts fresh (moments and "
-                         "step counts reset; the LR schedule continues)" if plan.fresh_optimizer else "")
+                         "step counts reset; the LR schedule continues)" if resume.fresh_optimizer else "")
             self.checkpointed = (self.step, found.directory)
             LOG.info("resumed from %s at step %d (%d samples)", found.directory,
                      self.engine.global_steps, self.samples)
@@ -294,9 +288,9 @@ class Trainer:
     def train(self) -> str:
         args = self.args
         LOG.info("training: world size %d, micro batch %d, accumulation %d, global batch %d, "
-                 "PLD %s", self.world_size, self.micro_batch, self.accumulation,
+                 "PLD %s", self.plan.world_size, self.micro_batch, self.accumulation,
                  self.engine.train_batch_size(),
-                 f"theta_bar={self.setup.pld.theta_bar} gamma={self.setup.pld.gamma}"
+                 f"theta_bar={self.plan.setup.pld.theta_bar} gamma={self.plan.setup.pld.gamma}"
                  if self.pld else "off")
         interval = _Interval()
         reason = self.should_stop()
@@ -331,8 +325,8 @@ class Trainer:
     def _log_training(self, interval: "_Interval") -> None:
         means = interval.losses.double() / interval.steps
         dist.all_reduce(means)
-        means /= self.world_size
-        layers = self.model_config.num_hidden_layers
+        means /= self.plan.world_size
+        layers = self.plan.model_config.num_hidden_layers
         values = dict(zip((names.TRAIN_LOSS, names.TRAIN_MLM_LOSS, names.TRAIN_NSP_LOSS),
                           means.tolist()))
         step_time = interval.seconds / interval.steps
@@ -376,14 +370,14 @@ class Trainer:
         runs = self.pld.stats.layer_runs() if self.pld is not None else None
         if runs is None:
             return 0.0
-        return flops.encoder_flops_skipped_fraction(self.model_config, self.plan.seq_len,
+        return flops.encoder_flops_skipped_fraction(self.plan.model_config, self.plan.seq_len,
                                                     self.plan.max_pred, runs)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """MLM loss/accuracy and NSP accuracy over the validation set, full depth."""
         self.engine.eval()
-        loader = PretrainingDataLoader(self.plan.val_set, self.micro_batch, self.rank, self.world_size,
+        loader = PretrainingDataLoader(self.plan.val_set, self.micro_batch, self.plan.rank, self.plan.world_size,
                                        seed=0, drop_last=True, prefetch_batches=2)
         batches = loader.batches_per_epoch
         if self.args.val_batches:
@@ -418,12 +412,12 @@ class Trainer:
                      self.checkpointed[1])
             return self.checkpointed[1]
         require_finite_weights(self.engine.module, self.step, self.engine.device)
-        state = train_state.trainer_state(self.parts, step=self.step, world_size=self.world_size,
+        state = train_state.trainer_state(self.parts, step=self.step, world_size=self.plan.world_size,
                                           micro_batch=self.micro_batch, theta=self.theta())
         rank_state = {"format": checkpoint.RANK_STATE_FORMAT, "loader": self.loader.state_dict(),
                       "rng": checkpoint.rng_state()}
-        directory = checkpoint.save(self.engine, self.checkpoint_root, self.step, state,
-                                    rank_state, self.run_config, vocab=self.plan.vocab_file)
+        directory = checkpoint.save(self.engine, self.plan.run_dir.checkpoints, self.step, state,
+                                    rank_state, self.plan.run_config, vocab=self.plan.vocab_file)
         self.checkpointed = (self.step, directory)
         LOG.info("checkpoint %s", directory)
         return directory

@@ -330,7 +330,7 @@ def save_in_the_old_format(trainer: train.Trainer) -> Path:
     """What checkpoint.save and Trainer.save wrote before manifests (commit 6226a10):
     DeepSpeed's files, a rank file pickling NumPy's and Python's RNG state objects, the
     two JSON files, then `latest`."""
-    root, tag = trainer.checkpoint_root, f"global_step{trainer.step}"
+    root, tag = trainer.plan.run_dir.checkpoints, f"global_step{trainer.step}"
     trainer.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
            "python": random.getstate(), "cuda": None}
@@ -342,7 +342,7 @@ def save_in_the_old_format(trainer: train.Trainer) -> Path:
              "pld_active_layers": stats.total_active_layers,
              "pld_empty_micro_batches": stats.total_empty_micro_batches,
              "loader": trainer.loader.state_dict()}
-    run_config = {k: v for k, v in trainer.run_config.items()
+    run_config = {k: v for k, v in trainer.plan.run_config.items()
                   if k in ("model_config", "run", "deepspeed_setup", "world_size", "vocab_file")}
     (root / tag / "trainer_state.json").write_text(json.dumps(state, indent=2))
     (root / tag / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str))
@@ -474,7 +474,7 @@ def test_lamb_to_adamw_when_allowed_starts_a_fresh_optimizer_state(tmp_path, lam
                                  "changes": ['optimizer.type: "lamb" -> "adamw"'],
                                  "fresh_optimizer_state": True}]
     recorded = json.loads((root / "global_step4" / "run_config.json").read_text())
-    assert resume_config.differences(recorded, saved, trainer.run_config) == []
+    assert resume_config.differences(recorded, saved, trainer.plan.run_config) == []
 
 
 def test_an_allowed_learning_rate_and_weight_decay_take_effect(tmp_path, lamb_out, data):

@@ -180,8 +180,8 @@ def test_vocabulary_beside_the_shards_is_recorded_and_a_different_one_refused(tm
     (data / "manifest.json").write_text(json.dumps(manifest))
 
     trainer = train.Trainer(train.parse_args(argv(tmp_path, data, max_steps=1)))
-    assert trainer.run_config["vocab_file"] == "vocab.txt"  # the run's own copy, by name
-    assert trainer.run_config["vocab_sha256"] == manifest["vocab_sha256"]
+    assert trainer.plan.run_config["vocab_file"] == "vocab.txt"  # the run's own copy, by name
+    assert trainer.plan.run_config["vocab_sha256"] == manifest["vocab_sha256"]
     trainer.train()
     run = tmp_path / "run"
     assert (run / "vocab.txt").read_bytes() == vocab.read_bytes()

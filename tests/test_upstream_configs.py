@@ -130,8 +130,8 @@ def test_the_upstream_file_trains_on_cpu_with_its_pld_schedule_and_lr(tmp_path):
         "--checkpoint_interval", "1000", "--lr_schedule", "bing_bert", "--precision", "bf16"])
     trainer = train.Trainer(args)
     engine = trainer.engine
-    assert trainer.setup.original == json.loads(UPSTREAM.read_text())
-    assert (trainer.setup.pld.theta_bar, trainer.setup.pld.gamma) == (0.5, 0.001)
+    assert trainer.plan.setup.original == json.loads(UPSTREAM.read_text())
+    assert (trainer.plan.setup.pld.theta_bar, trainer.plan.setup.pld.gamma) == (0.5, 0.001)
     assert (engine.gradient_accumulation_steps(), engine.train_batch_size()) == (256, 4096)
     assert engine.bfloat16_enabled()
     assert (engine.gradient_predivide_factor(), engine.postscale_gradients()) == (8, False)
